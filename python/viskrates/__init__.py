@@ -1,0 +1,25 @@
+"""viskrates: equivariant machine-learned potentials (ViSNet, SO3krates/SO3LR) for OpenMM.
+
+Importing the package loads the compiled op library so that TorchScript models using
+``torch.ops.viskrates.*`` can be built and deserialised.
+"""
+import glob
+import os
+
+import torch
+
+__version__ = "0.1.0"
+
+
+def _load_ops() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    found = sorted(glob.glob(os.path.join(here, "libviskrates_ops*.so")))
+    if not found:
+        raise ImportError(
+            f"the compiled op library libviskrates_ops.so is missing from {here}; "
+            "install viskrates with `pip install --no-build-isolation .` so that it is built against your torch")
+    torch.ops.load_library(found[0])
+    return found[0]
+
+
+OPS_LIBRARY = _load_ops()

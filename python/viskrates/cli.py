@@ -1,0 +1,67 @@
+"""Command line: ``viskrates simulate STRUCTURE.pdb``."""
+import argparse
+import sys
+from typing import List, Optional
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from .simulate import SimulationSettings, run_simulation
+
+    settings = SimulationSettings(
+        structure=args.structure, output_dir=args.output, model=args.model, ml_region=args.ml_region,
+        fix=not args.no_fix, ph=args.ph, padding_nm=args.padding, ionic_strength_molar=args.ionic_strength,
+        temperature_k=args.temperature, timestep_fs=args.timestep, minimize_iterations=args.minimize_iterations,
+        equilibration_steps=args.equilibration_steps, steps=args.steps, report_interval=args.report_interval,
+        precision=args.precision, platform=args.platform, seed=args.seed, progress=not args.no_progress)
+    summary = run_simulation(settings)
+    print(f"atoms: {summary['n_atoms']} (ML region: {summary['n_ml_atoms']}), time step {summary['timestep_fs']} fs")
+    print(f"speed: {summary['ns_per_day']:.3f} ns/day")
+    print(f"total energy: {summary['total_energy_mean']:.2f} ± {summary['total_energy_std']:.2f} kJ/mol")
+    print(f"temperature: {summary['temperature_mean']:.1f} ± {summary['temperature_std']:.1f} K")
+    for name, path in summary["outputs"].items():
+        print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="viskrates", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sim = commands.add_parser("simulate", help="ML/MM molecular dynamics of a PDB protein in water")
+    sim.add_argument("structure", help="PDB or PDBx/mmCIF file of the protein")
+    sim.add_argument("-o", "--output", default="viskrates_run", help="output directory (default: %(default)s)")
+    sim.add_argument("--model", default="so3lr", choices=["so3lr"], help="ML potential (default: %(default)s)")
+    sim.add_argument("--ml-region", default="protein",
+                     help="'protein' (default), 'all' (every atom, water included) or residue ids like '1-5,8'")
+    sim.add_argument("--no-fix", action="store_true", help="use the structure as is (it must have hydrogens)")
+    sim.add_argument("--ph", type=float, default=7.0, help="pH for adding hydrogens (default: %(default)s)")
+    sim.add_argument("--padding", type=float, default=1.0, help="water padding in nm (default: %(default)s)")
+    sim.add_argument("--ionic-strength", type=float, default=0.0, help="salt in mol/L (default: neutralise only)")
+    sim.add_argument("--temperature", type=float, default=300.0, help="K (default: %(default)s)")
+    sim.add_argument("--timestep", type=float, default=None,
+                     help="fs (default: 1 with mechanical embedding, 0.5 with --ml-region all)")
+    sim.add_argument("--minimize-iterations", type=int, default=200, help="(default: %(default)s)")
+    sim.add_argument("--equilibration-steps", type=int, default=500, help="(default: %(default)s)")
+    sim.add_argument("--steps", type=int, default=2000, help="production steps (default: %(default)s)")
+    sim.add_argument("--report-interval", type=int, default=100, help="steps between frames (default: %(default)s)")
+    sim.add_argument("--precision", default="single", choices=["single", "double"], help="ML model precision")
+    sim.add_argument("--platform", default="CPU", help="OpenMM platform (default: %(default)s)")
+    sim.add_argument("--seed", type=int, default=2024, help="random seed (default: %(default)s)")
+    sim.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sim.set_defaults(run=_simulate)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``viskrates`` command; bad input exits with status 2 and a one-line message."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"viskrates {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

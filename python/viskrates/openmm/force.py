@@ -1,0 +1,160 @@
+"""Build OpenMM forces from viskrates models.
+
+The model works in Å and eV; OpenMM in nm and kJ/mol. :class:`OpenMMModel` is the single place where
+the units are converted: it maps OpenMM positions and box vectors (nm) to the model's energy in
+kJ/mol, so that forces in kJ/mol/nm are plain autograd gradients with respect to the positions.
+"""
+import io
+from typing import List, Optional, Sequence
+
+import numpy as np
+import openmm
+import torch
+from torch import Tensor
+
+from ..units import EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM
+
+_SYMBOLS = ("X H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se "
+            "Br Kr Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd Tb Dy "
+            "Ho Er Tm Yb Lu Hf Ta W Re Os Ir Pt Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U Np Pu Am Cm Bk Cf "
+            "Es Fm Md No Lr Rf Db Sg Bh Hs Mt Ds Rg Cn Nh Fl Mc Lv Ts Og").split()
+
+
+def element_symbol(atomic_number: int) -> str:
+    """Chemical symbol of ``atomic_number`` (1..118); ``'Z=<n>'`` for anything else."""
+    return _SYMBOLS[atomic_number] if 0 < atomic_number < len(_SYMBOLS) else f"Z={atomic_number}"
+
+
+def check_elements(model: torch.nn.Module, atomic_numbers: Sequence[int], model_name: str = "the model") -> None:
+    """Raise ValueError naming every element of ``atomic_numbers`` outside ``model.supported_elements``."""
+    supported = set(int(z) for z in model.supported_elements)
+    unknown = sorted(set(int(z) for z in atomic_numbers) - supported)
+    if unknown:
+        names = ", ".join(f"{element_symbol(z)} (Z={z})" for z in unknown)
+        allowed = ", ".join(element_symbol(z) for z in sorted(supported)) if len(supported) < 30 else \
+            f"Z = {min(supported)}..{max(supported)}"
+        raise ValueError(f"{model_name} cannot evaluate element(s) {names}; it supports {allowed}. "
+                         "Remove these atoms from the ML region (e.g. keep ions in the MM region).")
+
+
+class OpenMMModel(torch.nn.Module):
+    """A viskrates model seen from OpenMM: positions and box in nm in, potential energy in kJ/mol out.
+
+    Args:
+        model: a viskrates model (see ``viskrates.models``), in Å/eV.
+        atomic_numbers: atomic numbers of the atoms the force acts on, in OpenMM particle order.
+        total_charge: net charge of these atoms (e); used by charge-aware models (SO3LR).
+        periodic: if True, ``forward`` requires the periodic box vectors.
+
+    Raises:
+        ValueError: an element the model was not trained on, or no atoms.
+
+    ``forward(positions [N, 3] nm, box_vectors [3, 3] nm or None) -> energy`` (0-dim tensor, kJ/mol,
+    the model's dtype). Forces in kJ/mol/nm are ``-autograd.grad(energy, positions)``. The signature is the
+    one OpenMM-Torch's ``TorchForce`` expects, so the scripted module also serves that path.
+    """
+
+    def __init__(self, model: torch.nn.Module, atomic_numbers: Sequence[int], total_charge: float = 0.0,
+                 periodic: bool = False):
+        super().__init__()
+        if len(atomic_numbers) == 0:
+            raise ValueError("the ML region is empty: give at least one atom to the viskrates force")
+        check_elements(model, atomic_numbers, type(model).__name__)
+        self.model = model
+        self.periodic = periodic
+        dtype = next(model.parameters()).dtype
+        self.register_buffer("atomic_numbers", torch.tensor(list(atomic_numbers), dtype=torch.long))
+        self.register_buffer("total_charge", torch.tensor([float(total_charge)], dtype=dtype))
+        self.length_scale = NM_TO_ANGSTROM
+        self.energy_scale = EV_TO_KJ_PER_MOL
+
+    def forward(self, positions: Tensor, box_vectors: Optional[Tensor] = None) -> Tensor:
+        dtype = self.total_charge.dtype
+        box: Optional[Tensor] = None
+        if self.periodic:
+            if box_vectors is None:
+                raise ValueError("this force is periodic but no box vectors were given")
+            box = box_vectors.to(dtype) * self.length_scale
+        out = self.model(self.atomic_numbers, positions.to(dtype) * self.length_scale, box, None,
+                         self.total_charge)
+        return out["energy"].sum() * self.energy_scale
+
+
+class _Evaluator:
+    """The callable a PythonForce invokes: energy and forces of a scripted :class:`OpenMMModel`.
+
+    Picklable (the TorchScript module travels as bytes) so that Systems containing the force can be
+    written with ``XmlSerializer``.
+    """
+
+    def __init__(self, module: torch.jit.ScriptModule):
+        self.module = module
+        self.periodic = bool(module.periodic)
+        self.dtype = module.total_charge.dtype
+
+    def __call__(self, state: openmm.State):
+        positions = torch.from_numpy(state.getPositions(asNumpy=True)._value).to(self.dtype)
+        positions.requires_grad_(True)
+        box = None
+        if self.periodic:
+            box = torch.from_numpy(state.getPeriodicBoxVectors(asNumpy=True)._value).to(self.dtype)
+        energy = self.module(positions, box)
+        (grad,) = torch.autograd.grad(energy, positions)
+        return float(energy), (-grad).detach().numpy().astype(np.float64)
+
+    def __getstate__(self):
+        buffer = io.BytesIO()
+        torch.jit.save(self.module, buffer)
+        return {"module": buffer.getvalue()}
+
+    def __setstate__(self, state):
+        import viskrates  # noqa: F401  (loads the op library the TorchScript module calls)
+        self.__init__(torch.jit.load(io.BytesIO(state["module"])))
+
+
+def create_force(model: torch.nn.Module, atomic_numbers: Sequence[int], atoms: Optional[Sequence[int]] = None,
+                 total_charge: float = 0.0, periodic: bool = False) -> openmm.PythonForce:
+    """Create an ``openmm.PythonForce`` evaluating ``model`` on a set of atoms.
+
+    Args:
+        model: a viskrates model (Å, eV), e.g. ``viskrates.models.SO3LR()``; its dtype (``model.double()``)
+            sets the precision of the evaluation.
+        atomic_numbers: atomic numbers of the ML atoms, in the order of ``atoms``.
+        atoms: indices of the ML atoms in the System; ``None`` means all particles (then
+            ``atomic_numbers`` must cover every particle).
+        total_charge: net charge of the ML atoms in e (SO3LR uses it; ViSNet ignores it).
+        periodic: use the System's periodic box (minimum image; the box must be at least twice the
+            model's cutoff wide).
+
+    Returns:
+        The force (energy in kJ/mol, forces in kJ/mol/nm). Add it with ``system.addForce(force)``.
+
+    Raises:
+        ValueError: empty ML region, elements the model does not support, or ``atoms`` and
+            ``atomic_numbers`` of different lengths.
+    """
+    if atoms is not None and len(atoms) != len(atomic_numbers):
+        raise ValueError(f"{len(atoms)} atoms but {len(atomic_numbers)} atomic numbers")
+    module = torch.jit.script(OpenMMModel(model, atomic_numbers, total_charge, periodic).eval())
+    force = openmm.PythonForce(_Evaluator(module))
+    force.setUsesPeriodicBoundaryConditions(periodic)
+    if atoms is not None:
+        force.setParticles(list(atoms))
+    return force
+
+
+def topology_atomic_numbers(topology: openmm.app.Topology, atoms: Optional[Sequence[int]] = None) -> List[int]:
+    """Atomic numbers of ``atoms`` (all atoms if None) of an OpenMM Topology.
+
+    Raises:
+        ValueError: an atom without element (virtual site, unknown PDB element), naming the atom.
+    """
+    all_atoms = list(topology.atoms())
+    selected = all_atoms if atoms is None else [all_atoms[i] for i in atoms]
+    numbers = []
+    for atom in selected:
+        if atom.element is None:
+            raise ValueError(f"atom {atom.name} of residue {atom.residue.name}{atom.residue.id} (index "
+                             f"{atom.index}) has no element; fix the element column of the structure file")
+        numbers.append(atom.element.atomic_number)
+    return numbers

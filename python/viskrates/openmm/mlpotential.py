@@ -1,0 +1,95 @@
+"""OpenMM-ML plugin: ``MLPotential('so3lr')`` and ``MLPotential('visnet', modelPath=...)``.
+
+Registered through the ``openmmml.potentials`` entry-point group (see pyproject.toml), so that
+``createSystem`` and ``createMixedSystem`` (mechanical embedding, link atoms) of openmm-ml work with
+viskrates models.
+"""
+from typing import Iterable, Optional
+
+import openmm
+import openmm.app
+import torch
+from openmmml.mlpotential import MLPotentialImpl, MLPotentialImplFactory
+
+from .force import create_force, topology_atomic_numbers
+
+_PRECISIONS = {"single": torch.float32, "double": torch.float64}
+
+
+def _ml_region_charge(system: openmm.System, atoms: Optional[Iterable[int]]) -> float:
+    """Net force-field charge of the ML atoms (e), rounded to an integer; 0 if the System has none.
+
+    Raises ValueError when the force-field charges of the region do not add up to an integer, which
+    happens when the ML region splits a residue: the model needs an integer net charge.
+    """
+    for force in system.getForces():
+        if isinstance(force, openmm.NonbondedForce):
+            indices = range(system.getNumParticles()) if atoms is None else atoms
+            total = sum(force.getParticleParameters(i)[0].value_in_unit(openmm.unit.elementary_charge)
+                        for i in indices)
+            if abs(total - round(total)) > 1e-3:
+                raise ValueError(
+                    f"the ML region's force-field charges add up to {total:.4f} e, not an integer, so its net "
+                    "charge is undefined (the region probably splits a residue); select whole residues or "
+                    "pass charge=<integer> to createSystem/createMixedSystem")
+            return float(round(total))
+    return 0.0
+
+
+class ViskratesPotentialImpl(MLPotentialImpl):
+    """Adds a viskrates model to a System as an ``openmm.PythonForce``.
+
+    Constructor arguments (given to ``MLPotential(name, ...)``):
+        name: ``'so3lr'`` (the packaged pretrained SO3LR) or ``'visnet'``.
+        modelPath: for ``'visnet'``, a PyTorch-Geometric ViSNet state dict (``.pt``).
+        modelConfig: for ``'visnet'``, the ViSNet hyperparameters (dict of PyG ``ViSNet`` arguments).
+        lrCutoff: for ``'so3lr'``, the long-range (electrostatics, dispersion) cutoff in Å (default 12,
+            the official MD setting).
+
+    Arguments of ``createSystem``/``createMixedSystem`` understood here:
+        precision: ``'single'`` (default) or ``'double'``.
+        charge: net charge of the ML region (e). Default: the rounded sum of the System's force-field
+            charges of the ML atoms (0 for a System without a NonbondedForce).
+    """
+
+    def __init__(self, name: str, modelPath: Optional[str] = None, modelConfig: Optional[dict] = None,
+                 lrCutoff: float = 12.0):
+        self.name = name
+        self.modelPath = modelPath
+        self.modelConfig = modelConfig or {}
+        self.lrCutoff = lrCutoff
+        if name == "visnet" and modelPath is None:
+            raise ValueError("MLPotential('visnet') needs modelPath=<ViSNet state dict .pt> and modelConfig")
+
+    def _create_model(self) -> torch.nn.Module:
+        from ..models import SO3LR, ViSNet
+        if self.name == "so3lr":
+            return SO3LR(lr_cutoff=self.lrCutoff)
+        state_dict = torch.load(self.modelPath, map_location="cpu", weights_only=True)
+        return ViSNet.from_pyg_state_dict(state_dict, **self.modelConfig)
+
+    def addForces(self, topology: openmm.app.Topology, system: openmm.System, atoms: Optional[Iterable[int]],
+                  forceGroup: int, precision: str = "single", charge: Optional[float] = None, **args):
+        if precision not in _PRECISIONS:
+            raise ValueError(f"precision must be 'single' or 'double', got {precision!r}")
+        atoms = None if atoms is None else list(atoms)
+        numbers = topology_atomic_numbers(topology, atoms)
+        if charge is None:
+            charge = _ml_region_charge(system, atoms)
+        model = self._create_model().to(_PRECISIONS[precision])
+        periodic = topology.getPeriodicBoxVectors() is not None
+        force = create_force(model, numbers, atoms, total_charge=charge, periodic=periodic)
+        force.setForceGroup(forceGroup)
+        system.addForce(force)
+
+    def getMLLongRange(self) -> bool:
+        # Both models see only pairs within their cutoffs (SO3LR: minimum image within lrCutoff), so the
+        # ML-ML interactions with other periodic images must come from the force field.
+        return False
+
+
+class ViskratesPotentialImplFactory(MLPotentialImplFactory):
+    """Factory behind the ``so3lr`` and ``visnet`` entry points of ``openmmml.potentials``."""
+
+    def createImpl(self, name: str, **args) -> MLPotentialImpl:
+        return ViskratesPotentialImpl(name, **args)

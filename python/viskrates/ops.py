@@ -1,0 +1,136 @@
+"""Python face of the viskrates custom ops, each with a pure-PyTorch reference.
+
+The compiled library (``torch.ops.viskrates``) is loaded by ``viskrates/__init__.py``. Every op here has a
+``*_reference`` twin written with plain PyTorch operations: the tests compare the two, and the reference
+is the readable specification of what the kernel computes.
+
+Neighbour-list convention (shared by every model)
+-------------------------------------------------
+Edges are directed and *receiver-sorted* (CSR): the edges of receiver ``i`` are
+``row_ptr[i]:row_ptr[i+1]``; within a receiver, edges are ordered by sender index, then by periodic
+shift (lexicographic). For edge ``e`` with receiver ``i = receivers[e]`` and sender ``j = senders[e]``::
+
+    edge_vectors[e] = positions[j] - positions[i] + shifts[e] @ box
+
+i.e. the vector points from the receiver (centre) to its neighbour. ``shifts`` holds integer multiples
+of the box vectors (stored in the positions' dtype). A pair is an edge iff ``|edge_vectors[e]|² <
+cutoff²`` (strict). Periodic boxes must have every perpendicular width >= 2·cutoff, so each pair has at
+most one image within the cutoff (the minimum image).
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+
+def _check_box(box: Tensor, cutoff: float) -> None:
+    """Raise ValueError unless every perpendicular width of ``box`` (rows = box vectors) is >= 2·cutoff."""
+    if box.shape != (3, 3):
+        raise ValueError(f"box must have shape [3, 3] (rows are box vectors), got {list(box.shape)}")
+    volume = torch.abs(torch.linalg.det(box))
+    if not bool(volume > 0):
+        raise ValueError("box vectors are degenerate (zero volume)")
+    a, b, c = box[0], box[1], box[2]
+    widths = volume / torch.stack([
+        torch.linalg.norm(torch.linalg.cross(b, c)),
+        torch.linalg.norm(torch.linalg.cross(c, a)),
+        torch.linalg.norm(torch.linalg.cross(a, b)),
+    ])
+    smallest = float(widths.min())
+    if smallest < 2.0 * cutoff:
+        raise ValueError(
+            f"periodic box too small for the cutoff: its smallest perpendicular width is {smallest:.4f} "
+            f"but must be at least twice the cutoff ({2.0 * cutoff:.4f}, same length unit as the positions); "
+            "use a larger box (more solvent padding) or a smaller cutoff")
+
+
+def _check_positions(positions: Tensor) -> None:
+    if positions.dim() != 2 or positions.shape[1] != 3:
+        raise ValueError(f"positions must have shape [N, 3], got {list(positions.shape)}")
+    if not bool(torch.isfinite(positions).all()):
+        bad = torch.nonzero(~torch.isfinite(positions).all(dim=1)).flatten().tolist()
+        raise ValueError(f"positions contain NaN or infinite values (atoms {bad[:10]})")
+
+
+def neighbor_list_reference(positions: Tensor, cutoff: float, box: Optional[Tensor] = None,
+                            batch: Optional[Tensor] = None, self_loops: bool = False
+                            ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Brute-force O(N²) neighbour list; the specification the ``viskrates::neighbor_list`` kernel follows.
+
+    Args:
+        positions: [N, 3] float32/float64, any length unit (models use Å).
+        cutoff: pairs with distance strictly below ``cutoff`` are edges (same unit as positions).
+        box: optional [3, 3] periodic box, rows are box vectors (same unit). ``None``: open boundaries.
+        batch: optional [N] int64, sorted molecule index; atoms of different molecules are never paired.
+        self_loops: if True, every atom also gets the edge (i, i) with zero vector (ViSNet needs it).
+
+    Returns:
+        ``(row_ptr [N+1] int64, receivers [E] int64, senders [E] int64, shifts [E, 3] positions.dtype,
+        edge_vectors [E, 3] positions.dtype)``, receiver-sorted as described in the module docstring.
+        ``edge_vectors`` is differentiable with respect to ``positions`` and ``box``.
+
+    Raises:
+        ValueError: NaN/inf positions, wrong shapes, a box thinner than 2·cutoff, or batch with a box.
+    """
+    _check_positions(positions)
+    n = positions.shape[0]
+    if box is not None:
+        _check_box(box, cutoff)
+        if batch is not None:
+            raise ValueError("batched neighbour lists are supported for open boundaries only")
+    delta = positions.unsqueeze(0) - positions.unsqueeze(1)  # [i, j] = R_j - R_i
+    eye = torch.eye(n, dtype=torch.bool, device=positions.device)
+    same = torch.ones(n, n, dtype=torch.bool, device=positions.device)
+    if batch is not None:
+        same = batch.unsqueeze(0) == batch.unsqueeze(1)
+    if box is None:
+        candidates = torch.zeros(1, 3, dtype=positions.dtype, device=positions.device)
+    else:
+        # Rounding fractional coordinates is not the minimum image in a skewed cell, so every image
+        # in the 3x3x3 block around the rounded one is tested; the width check leaves at most one.
+        r = torch.arange(-1, 2, dtype=positions.dtype, device=positions.device)
+        candidates = torch.cartesian_prod(r, r, r)
+        frac = torch.linalg.solve(box.T, delta.reshape(-1, 3).T).T.reshape(n, n, 3)
+        base = -torch.round(frac.detach())
+    receivers_list, senders_list, shifts_list = [], [], []
+    for k in range(candidates.shape[0]):
+        shift = candidates[k].expand(n, n, 3)
+        vec = delta
+        if box is not None:
+            shift = base + candidates[k]
+            vec = delta + shift @ box
+        d2 = (vec * vec).sum(-1)
+        mask = (d2 < cutoff * cutoff) & same & ~eye
+        if self_loops and bool((candidates[k] == 0).all()):
+            mask = mask | eye
+        rec, snd = torch.nonzero(mask, as_tuple=True)
+        receivers_list.append(rec)
+        senders_list.append(snd)
+        shifts_list.append(shift[rec, snd])
+    receivers = torch.cat(receivers_list)
+    senders = torch.cat(senders_list)
+    shifts = torch.cat(shifts_list)
+    # canonical order: receiver, then sender, then shift (lexicographic)
+    key = torch.cat([receivers.unsqueeze(1).to(shifts.dtype), senders.unsqueeze(1).to(shifts.dtype), shifts], 1)
+    for col in range(4, -1, -1):
+        order = torch.sort(key[:, col], stable=True).indices
+        key = key[order]
+        receivers, senders, shifts = receivers[order], senders[order], shifts[order]
+    counts = torch.bincount(receivers, minlength=n)
+    row_ptr = torch.zeros(n + 1, dtype=torch.long, device=positions.device)
+    row_ptr[1:] = torch.cumsum(counts, 0)
+    edge_vectors = positions[senders] - positions[receivers]
+    if box is not None:
+        edge_vectors = edge_vectors + shifts @ box
+    return row_ptr, receivers, senders, shifts, edge_vectors
+
+
+def neighbor_list(positions: Tensor, cutoff: float, box: Optional[Tensor] = None,
+                  batch: Optional[Tensor] = None, self_loops: bool = False
+                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Cell-list neighbour list (``torch.ops.viskrates.neighbor_list``); same contract as
+    :func:`neighbor_list_reference` (arguments, outputs, ordering and errors), in O(N) time.
+
+    ``edge_vectors`` carries a C++ autograd backward to ``positions`` and ``box``.
+    """
+    return torch.ops.viskrates.neighbor_list(positions, box, cutoff, batch, self_loops)
