@@ -1,8 +1,19 @@
 // viskrates::neighbor_list: input validation, cell-grid construction and the CPU launcher.
+// Per-operator ATen headers instead of ATen/ATen.h: parsing torch's headers dominates the build time.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include "neighbor_list.h"
 
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/bincount.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/cumsum.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/nonzero.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -114,10 +125,10 @@ NeighborListSetup setup_neighbor_list(const at::Tensor& positions, const std::op
                       b.device());
     if (n > 1) {
       const at::Tensor lhs = b.slice(0, 0, n - 1), rhs = b.slice(0, 1, n);
-      const at::Tensor stats = at::stack({(rhs < lhs).any().to(at::kLong), (rhs != lhs).sum()}).cpu();
+      const at::Tensor stats = at::stack({rhs.lt(lhs).any().to(at::kLong), rhs.ne(lhs).sum()}).cpu();
       TORCH_CHECK_VALUE(stats[0].item<int64_t>() == 0, "batch must be sorted (non-decreasing molecule indices)");
       num_molecules = stats[1].item<int64_t>() + 1;
-      mol64 = at::cat({at::zeros({1}, b.options().dtype(at::kLong)), at::cumsum(rhs != lhs, 0)});
+      mol64 = at::cat({at::zeros({1}, b.options().dtype(at::kLong)), at::cumsum(rhs.ne(lhs), 0)});
     } else {
       mol64 = at::zeros({n}, b.options().dtype(at::kLong));
     }
@@ -125,21 +136,44 @@ NeighborListSetup setup_neighbor_list(const at::Tensor& positions, const std::op
   }
   if (n == 0) return s;
 
-  // One readback of the per-molecule bounding boxes, atom counts and the largest |coordinate|.
-  const at::Tensor r = s.positions.to(at::kDouble);
-  at::Tensor lo, hi, counts;
-  if (batched) {
-    const at::Tensor index = mol64.unsqueeze(1).expand({n, 3});
-    lo = at::full({num_molecules, 3}, INFINITY, r.options()).scatter_reduce(0, index, r, "amin");
-    hi = at::full({num_molecules, 3}, -INFINITY, r.options()).scatter_reduce(0, index, r, "amax");
-    counts = at::bincount(mol64, {}, num_molecules).to(at::kDouble);
+  // Per-molecule bounding boxes, atom counts and the largest |coordinate|, read back to the host at once.
+  at::Tensor stats;
+  if (s.positions.is_cpu()) {
+    // plain loop: ATen's dim reductions cost milliseconds on tiny CPU tensors (thread-pool wake-ups)
+    stats = at::empty({7 * num_molecules + 1}, s.positions.options().dtype(at::kDouble));
+    double* st = stats.data_ptr<double>();
+    std::fill(st, st + 3 * num_molecules, INFINITY);
+    std::fill(st + 3 * num_molecules, st + 6 * num_molecules, -INFINITY);
+    std::fill(st + 6 * num_molecules, st + 7 * num_molecules + 1, 0.0);
+    const int* mol = s.mol.defined() ? s.mol.data_ptr<int>() : nullptr;
+    AT_DISPATCH_FLOATING_TYPES(s.positions.scalar_type(), "neighbor_list_bounds", [&] {
+      const scalar_t* pos = s.positions.data_ptr<scalar_t>();
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t m = mol ? mol[i] : 0;
+        for (int k = 0; k < 3; ++k) {
+          const double x = static_cast<double>(pos[3 * i + k]);
+          st[3 * m + k] = std::min(st[3 * m + k], x);
+          st[3 * (num_molecules + m) + k] = std::max(st[3 * (num_molecules + m) + k], x);
+          st[7 * num_molecules] = std::max(st[7 * num_molecules], std::abs(x));
+        }
+        st[6 * num_molecules + m] += 1.0;
+      }
+    });
   } else {
-    lo = std::get<0>(r.min(0)).unsqueeze(0);
-    hi = std::get<0>(r.max(0)).unsqueeze(0);
-    counts = at::full({1}, static_cast<double>(n), r.options());
+    const at::Tensor r = s.positions.to(at::kDouble);
+    at::Tensor lo, hi, counts;
+    if (batched) {
+      const at::Tensor index = mol64.unsqueeze(1).expand({n, 3});
+      lo = at::full({num_molecules, 3}, INFINITY, r.options()).scatter_reduce(0, index, r, "amin");
+      hi = at::full({num_molecules, 3}, -INFINITY, r.options()).scatter_reduce(0, index, r, "amax");
+      counts = at::bincount(mol64, {}, num_molecules).to(at::kDouble);
+    } else {
+      lo = std::get<0>(r.min(0)).unsqueeze(0);
+      hi = std::get<0>(r.max(0)).unsqueeze(0);
+      counts = at::full({1}, static_cast<double>(n), r.options());
+    }
+    stats = at::cat({lo.flatten(), hi.flatten(), counts, r.abs().max().reshape({1})}).cpu().contiguous();
   }
-  const at::Tensor stats =
-      at::cat({lo.flatten(), hi.flatten(), counts, r.abs().max().reshape({1})}).cpu().contiguous();
   const double* st = stats.data_ptr<double>();
   const double* lo_h = st;
   const double* hi_h = st + 3 * num_molecules;
@@ -226,6 +260,15 @@ NeighborListResult neighbor_list_cpu_impl(const NeighborListSetup& s, bool self_
   for (int64_t c = 0; c < s.num_cells; ++c) cell_start[c + 1] += cell_start[c];
   std::vector<int64_t> next(cell_start.begin(), cell_start.end() - 1), cell_atoms(n);
   for (int64_t i = 0; i < n; ++i) cell_atoms[next[cell[i]]++] = i;
+  std::vector<scalar_t> sorted_positions(3 * n);
+  std::vector<double> sorted_frac(s.periodic ? 3 * n : 0);
+  for (int64_t p = 0; p < n; ++p) {
+    const int64_t i = cell_atoms[p];
+    for (int k = 0; k < 3; ++k) {
+      sorted_positions[3 * p + k] = pos[3 * i + k];
+      if (s.periodic) sorted_frac[3 * p + k] = frac[3 * i + k];
+    }
+  }
 
   nl::SearchData<scalar_t> d{};
   d.positions = pos;
@@ -235,6 +278,8 @@ NeighborListResult neighbor_list_cpu_impl(const NeighborListSetup& s, bool self_
   d.grids = s.grids.data();
   d.cell_start = cell_start.data();
   d.cell_atoms = cell_atoms.data();
+  d.sorted_positions = sorted_positions.data();
+  d.sorted_frac = s.periodic ? sorted_frac.data() : nullptr;
   for (int k = 0; k < 9; ++k) d.box[k] = static_cast<scalar_t>(s.box[k]);
   d.cutoff2 = static_cast<scalar_t>(s.cutoff * s.cutoff);
   d.periodic = s.periodic;

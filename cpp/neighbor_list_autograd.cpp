@@ -6,8 +6,10 @@
 // backward is linear in g and independent of R and box, and it is built from differentiable ATen ops,
 // so double backward (create_graph=True, e.g. force training) is exact. Indices and shifts are
 // piecewise-constant: they are marked non-differentiable.
-#include <ATen/ATen.h>
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 

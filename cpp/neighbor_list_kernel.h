@@ -32,16 +32,19 @@ struct Grid {
   int64_t first_cell;  // index of this grid's cell (0, 0, 0) in the global cell array
 };
 
-// Read-only inputs of the per-receiver search.
+// Read-only inputs of the per-receiver search. Atom data are also stored in cell order (sorted_*) so
+// that the inner loop over the atoms of a cell reads contiguous memory.
 template <typename scalar_t>
 struct SearchData {
-  const scalar_t* positions;  // [N, 3]
-  const double* frac;         // [N, 3] unwrapped grid coordinates (periodic only, else nullptr)
-  const int* cell_coords;     // [N, 3] cell of each atom within its grid
-  const int* mol;             // [N] grid (molecule) of each atom, nullptr: all atoms use grid 0
-  const Grid* grids;          // [B]
-  const int64_t* cell_start;  // [num_cells + 1] CSR of cell_atoms
-  const int64_t* cell_atoms;  // [N] atoms ordered by cell, ascending atom index within a cell
+  const scalar_t* positions;         // [N, 3]
+  const double* frac;                // [N, 3] unwrapped grid coordinates (periodic only, else nullptr)
+  const int* cell_coords;            // [N, 3] cell of each atom within its grid
+  const int* mol;                    // [N] grid (molecule) of each atom, nullptr: all atoms use grid 0
+  const Grid* grids;                 // [B]
+  const int64_t* cell_start;         // [num_cells + 1] CSR of cell_atoms
+  const int64_t* cell_atoms;         // [N] atoms ordered by cell, ascending atom index within a cell
+  const scalar_t* sorted_positions;  // [N, 3] positions[cell_atoms]
+  const double* sorted_frac;         // [N, 3] frac[cell_atoms] (periodic only)
   scalar_t box[9];            // row-major, rows are box vectors (periodic only)
   scalar_t cutoff2;           // cutoff², rounded to scalar_t like the reference's comparison
   bool periodic;
@@ -87,16 +90,20 @@ VISKRATES_HD void neighbor_cell_range(int c, int n, bool periodic, int* first, i
   }
 }
 
-// Tests the pair (receiver i, sender j). For a periodic box the only image that can be within the
-// cutoff is the one with every fractional component of the separation in (-1/2, 1/2) (because the
-// box is at least 2·cutoff wide), i.e. shift = -round(f_j - f_i). Writes the shift and
+// Nearest integer (halves away from zero), branch-free: rint() is a library call on baseline x86-64 and
+// a sign branch mispredicts for random separations. Halves never matter: such images are at least
+// half a box width (>= cutoff) away.
+VISKRATES_HD int nearest_int(double x) { return static_cast<int>(x + copysign(0.5, x)); }
+
+// Tests the pair (receiver at ri, fi; sender at rj, fj). For a periodic box the only image that can be
+// within the cutoff is the one with every fractional component of the separation in (-1/2, 1/2)
+// (because the box is at least 2·cutoff wide), i.e. shift = -round(f_j - f_i). Writes the shift and the
 // edge vector r_j - r_i + shift @ box; returns whether |edge vector|² < cutoff².
 template <typename scalar_t>
-VISKRATES_HD bool test_pair(const SearchData<scalar_t>& d, int64_t i, int64_t j, int* shift, scalar_t* vec) {
-  const scalar_t* ri = d.positions + 3 * i;
-  const scalar_t* rj = d.positions + 3 * j;
+VISKRATES_HD bool test_pair(const SearchData<scalar_t>& d, const scalar_t* ri, const double* fi, const scalar_t* rj,
+                            const double* fj, int* shift, scalar_t* vec) {
   if (d.periodic) {
-    for (int k = 0; k < 3; ++k) shift[k] = -static_cast<int>(rint(d.frac[3 * j + k] - d.frac[3 * i + k]));
+    for (int k = 0; k < 3; ++k) shift[k] = -nearest_int(fj[k] - fi[k]);
     for (int k = 0; k < 3; ++k) {
       const scalar_t image = static_cast<scalar_t>(shift[0]) * d.box[k] + static_cast<scalar_t>(shift[1]) * d.box[3 + k] +
                              static_cast<scalar_t>(shift[2]) * d.box[6 + k];
@@ -119,6 +126,8 @@ template <typename scalar_t, typename Visit>
 VISKRATES_HD void for_each_neighbor(const SearchData<scalar_t>& d, int64_t i, Visit& visit) {
   const Grid& grid = d.grids[d.mol != nullptr ? d.mol[i] : 0];
   const int* c = d.cell_coords + 3 * i;
+  const scalar_t* ri = d.positions + 3 * i;
+  const double* fi = d.periodic ? d.frac + 3 * i : nullptr;
   int first[3], count[3];
   for (int k = 0; k < 3; ++k) neighbor_cell_range(c[k], grid.n[k], d.periodic, &first[k], &count[k]);
   int shift[3];
@@ -141,7 +150,8 @@ VISKRATES_HD void for_each_neighbor(const SearchData<scalar_t>& d, int64_t i, Vi
             }
             continue;
           }
-          if (test_pair(d, i, j, shift, vec)) visit(j, shift, vec);
+          if (test_pair(d, ri, fi, d.sorted_positions + 3 * p, d.periodic ? d.sorted_frac + 3 * p : nullptr, shift, vec))
+            visit(j, shift, vec);
         }
       }
     }

@@ -1,6 +1,13 @@
 // Tensor glue of the CUDA neighbour list (compiled by the C++ compiler): validation and grids from
 // cpp/neighbor_list.cpp, kernels from cuda/neighbor_list.cu, sorting and prefix sums from ATen.
-#include <ATen/ATen.h>
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/Dispatch.h>
+#include <ATen/ops/bincount.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/cumsum.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/sort.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -44,6 +51,9 @@ NeighborListResult neighbor_list_cuda_impl(const NeighborListSetup& s, bool self
   const at::Tensor cell_start =
       at::cat({at::zeros({1}, index_options), at::cumsum(at::bincount(cell, {}, s.num_cells), 0)});
 
+  const at::Tensor sorted_positions = s.positions.index_select(0, cell_atoms);
+  const at::Tensor sorted_frac = s.periodic ? frac.index_select(0, cell_atoms) : frac;
+
   nl::SearchData<scalar_t> d{};
   d.positions = s.positions.data_ptr<scalar_t>();
   d.frac = s.periodic ? frac.data_ptr<double>() : nullptr;
@@ -52,6 +62,8 @@ NeighborListResult neighbor_list_cuda_impl(const NeighborListSetup& s, bool self
   d.grids = grids_ptr;
   d.cell_start = cell_start.data_ptr<int64_t>();
   d.cell_atoms = cell_atoms.data_ptr<int64_t>();
+  d.sorted_positions = sorted_positions.data_ptr<scalar_t>();
+  d.sorted_frac = s.periodic ? sorted_frac.data_ptr<double>() : nullptr;
   for (int k = 0; k < 9; ++k) d.box[k] = static_cast<scalar_t>(s.box[k]);
   d.cutoff2 = static_cast<scalar_t>(s.cutoff * s.cutoff);
   d.periodic = s.periodic;
@@ -73,7 +85,7 @@ NeighborListResult neighbor_list_cuda_impl(const NeighborListSetup& s, bool self
                  "fill_edges");
     // Canonical order. Receivers are already grouped; a sender occurs at most once per receiver, so the
     // key receiver·N + sender is unique and a plain sort suffices.
-    const at::Tensor order = std::get<1>(at::sort(receivers * n + senders));
+    const at::Tensor order = std::get<1>(at::sort(receivers.mul(n).add(senders)));
     senders = senders.index_select(0, order);
     shifts = shifts.index_select(0, order);
     vectors = vectors.index_select(0, order);

@@ -12,8 +12,11 @@ __version__ = "0.1.0"
 
 
 def _load_ops() -> str:
+    # A regular install puts the library next to this file; an editable install (scikit-build-core's
+    # redirect mode) keeps it in the CMake install tree, which it adds to the package's __path__.
     here = os.path.dirname(os.path.abspath(__file__))
-    found = sorted(glob.glob(os.path.join(here, "libviskrates_ops*.so")))
+    places = [here] + [p for p in globals().get("__path__", []) if os.path.abspath(p) != here]
+    found = [f for p in places for f in sorted(glob.glob(os.path.join(p, "libviskrates_ops*.so")))]
     if not found:
         raise ImportError(
             f"the compiled op library libviskrates_ops.so is missing from {here}; "

@@ -36,7 +36,7 @@ def _check_box(box: Tensor, cutoff: float) -> None:
         torch.linalg.norm(torch.linalg.cross(c, a)),
         torch.linalg.norm(torch.linalg.cross(a, b)),
     ])
-    smallest = float(widths.min())
+    smallest = float(widths.min().detach())
     if smallest < 2.0 * cutoff:
         raise ValueError(
             f"periodic box too small for the cutoff: its smallest perpendicular width is {smallest:.4f} "
@@ -129,8 +129,10 @@ def neighbor_list(positions: Tensor, cutoff: float, box: Optional[Tensor] = None
                   batch: Optional[Tensor] = None, self_loops: bool = False
                   ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Cell-list neighbour list (``torch.ops.viskrates.neighbor_list``); same contract as
-    :func:`neighbor_list_reference` (arguments, outputs, ordering and errors), in O(N) time.
+    :func:`neighbor_list_reference` (arguments, outputs, ordering and errors), in O(N) time for a fixed
+    density. It also raises ValueError for an unsorted ``batch``, a negative or non-finite ``cutoff``, and
+    a ``box`` or ``batch`` on another device (or, for ``box``, of another dtype) than ``positions``.
 
-    ``edge_vectors`` carries a C++ autograd backward to ``positions`` and ``box``.
+    ``edge_vectors`` carries a C++ autograd backward to ``positions`` and ``box`` (double backward too).
     """
     return torch.ops.viskrates.neighbor_list(positions, box, cutoff, batch, self_loops)
