@@ -188,3 +188,29 @@ def test_nve_energy_conservation_alanine_dipeptide(so3lr64, ala2):
     assert abs(slope) / system.getNumParticles() < 1e-3
     # fluctuations stay small too (a broken force would show up here before the drift)
     assert np.std(totals) < 0.5
+
+
+DATA = os.path.join(HERE, "data")
+
+
+def test_openmmml_so3lr_reproduces_official_reference(ala2):
+    """Through openmm-ml and OpenMM's unit handling, against the official JAX SO3LR numbers (ala2, lr 1000 Å)."""
+    ref = np.load(os.path.join(DATA, "so3lr", "ala2.npz"))
+    system = MLPotential("so3lr", lrCutoff=float(ref["lr_cutoff"])).createSystem(ala2.topology, precision="double")
+    energy, forces = _energy_forces(system, ref["R"] / 10.0)
+    assert energy == pytest.approx(float(ref["energy"]) * EV_TO_KJ_PER_MOL, abs=1e-5 * EV_TO_KJ_PER_MOL)
+    np.testing.assert_allclose(forces, ref["forces"] * EV_TO_KJ_PER_MOL * 10.0, atol=1e-5 * EV_TO_KJ_PER_MOL * 10.0)
+
+
+def test_openmmml_visnet_reproduces_pyg_reference(ala2):
+    """MLPotential('visnet', modelPath=PyG state dict) against PyTorch Geometric's ViSNet (config A, ala2)."""
+    import json
+    ref = np.load(os.path.join(DATA, "visnet", "ref_A_ala2.npz"))
+    with open(os.path.join(DATA, "visnet", "config_A.json")) as handle:
+        config = json.load(handle)
+    potential = MLPotential("visnet", modelPath=os.path.join(DATA, "visnet", "weights_A.pt"), modelConfig=config)
+    system = potential.createSystem(ala2.topology, precision="double")
+    energy, forces = _energy_forces(system, ref["pos"] / 10.0)
+    scale = EV_TO_KJ_PER_MOL
+    assert energy == pytest.approx(float(ref["energy_f64"][0]) * scale, rel=1e-10)
+    np.testing.assert_allclose(forces, ref["forces_f64"] * scale * 10.0, rtol=1e-8, atol=1e-7)

@@ -1,5 +1,6 @@
 """Command line: ``viskrates simulate STRUCTURE.pdb``."""
 import argparse
+import dataclasses
 import sys
 from typing import List, Optional
 
@@ -24,29 +25,32 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .simulate import SimulationSettings
+
+    defaults = {f.name: f.default for f in dataclasses.fields(SimulationSettings)}
     parser = argparse.ArgumentParser(prog="viskrates", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     sim = commands.add_parser("simulate", help="ML/MM molecular dynamics of a PDB protein in water")
     sim.add_argument("structure", help="PDB or PDBx/mmCIF file of the protein")
-    sim.add_argument("-o", "--output", default="viskrates_run", help="output directory (default: %(default)s)")
+    sim.add_argument("-o", "--output", default=defaults["output_dir"], help="output directory (default: %(default)s)")
     sim.add_argument("--model", default="so3lr", choices=["so3lr"], help="ML potential (default: %(default)s)")
     sim.add_argument("--ml-region", default="protein",
                      help="'protein' (default), 'all' (every atom, water included) or residue ids like '1-5,8'")
     sim.add_argument("--no-fix", action="store_true", help="use the structure as is (it must have hydrogens)")
-    sim.add_argument("--ph", type=float, default=7.0, help="pH for adding hydrogens (default: %(default)s)")
-    sim.add_argument("--padding", type=float, default=1.0, help="water padding in nm (default: %(default)s)")
-    sim.add_argument("--ionic-strength", type=float, default=0.0, help="salt in mol/L (default: neutralise only)")
-    sim.add_argument("--temperature", type=float, default=300.0, help="K (default: %(default)s)")
+    sim.add_argument("--ph", type=float, default=defaults["ph"], help="pH for adding hydrogens (default: %(default)s)")
+    sim.add_argument("--padding", type=float, default=defaults["padding_nm"], help="water padding in nm (default: %(default)s)")
+    sim.add_argument("--ionic-strength", type=float, default=defaults["ionic_strength_molar"], help="salt in mol/L (default: neutralise only)")
+    sim.add_argument("--temperature", type=float, default=defaults["temperature_k"], help="K (default: %(default)s)")
     sim.add_argument("--timestep", type=float, default=None,
                      help="fs (default: 1 with mechanical embedding, 0.5 with --ml-region all)")
-    sim.add_argument("--minimize-iterations", type=int, default=200, help="(default: %(default)s)")
-    sim.add_argument("--equilibration-steps", type=int, default=500, help="(default: %(default)s)")
-    sim.add_argument("--steps", type=int, default=2000, help="production steps (default: %(default)s)")
-    sim.add_argument("--report-interval", type=int, default=100, help="steps between frames (default: %(default)s)")
+    sim.add_argument("--minimize-iterations", type=int, default=defaults["minimize_iterations"], help="(default: %(default)s)")
+    sim.add_argument("--equilibration-steps", type=int, default=defaults["equilibration_steps"], help="(default: %(default)s)")
+    sim.add_argument("--steps", type=int, default=defaults["steps"], help="production steps (default: %(default)s)")
+    sim.add_argument("--report-interval", type=int, default=defaults["report_interval"], help="steps between frames (default: %(default)s)")
     sim.add_argument("--precision", default="single", choices=["single", "double"], help="ML model precision")
-    sim.add_argument("--platform", default="CPU", help="OpenMM platform (default: %(default)s)")
-    sim.add_argument("--seed", type=int, default=2024, help="random seed (default: %(default)s)")
+    sim.add_argument("--platform", default=defaults["platform"], help="OpenMM platform (default: %(default)s)")
+    sim.add_argument("--seed", type=int, default=defaults["seed"], help="random seed (default: %(default)s)")
     sim.add_argument("--no-progress", action="store_true", help="no progress bar")
     sim.set_defaults(run=_simulate)
     return parser

@@ -17,6 +17,7 @@ import openmm
 import openmm.app as app
 import openmm.unit as unit
 
+CAP_RESIDUES = {"ACE", "NME", "NH2"}
 ION_RESIDUES = {"NA", "CL", "K", "MG", "CA", "ZN", "LI", "RB", "CS", "F", "BR", "I"}
 
 
@@ -31,13 +32,14 @@ class SimulationSettings:
     fix: bool = True                  # run PDBFixer (missing atoms, hydrogens at ph)
     ph: float = 7.0
     padding_nm: float = 1.0
+    lr_cutoff_angstrom: float = 12.0  # SO3LR long-range cutoff; the box is made at least twice as wide
     ionic_strength_molar: float = 0.0
     temperature_k: float = 300.0
     friction_per_ps: float = 1.0
     timestep_fs: Optional[float] = None  # default: 1 fs (mechanical embedding), 0.5 fs (full ML)
-    minimize_iterations: int = 200
-    equilibration_steps: int = 500
-    steps: int = 2000
+    minimize_iterations: int = 100
+    equilibration_steps: int = 250
+    steps: int = 1000
     report_interval: int = 100
     precision: str = "single"
     platform: str = "CPU"
@@ -47,6 +49,17 @@ class SimulationSettings:
 
 def _has_hydrogens(topology: app.Topology) -> bool:
     return any(a.element is not None and a.element.symbol == "H" for a in topology.atoms())
+
+
+def _remove_heterogens(fixer) -> None:
+    """Remove water, ions and ligands but keep polymer residues and the ACE/NME/NH2 caps
+    (PDBFixer.removeHeterogens would delete the caps too)."""
+    from pdbfixer.pdbfixer import dnaResidues, proteinResidues, rnaResidues
+
+    keep = set(proteinResidues) | set(dnaResidues) | set(rnaResidues) | CAP_RESIDUES
+    modeller = app.Modeller(fixer.topology, fixer.positions)
+    modeller.delete([r for r in fixer.topology.residues() if r.name not in keep])
+    fixer.topology, fixer.positions = modeller.topology, modeller.positions
 
 
 def prepare_structure(path: str, fix: bool, ph: float):
@@ -72,7 +85,7 @@ def prepare_structure(path: str, fix: bool, ph: float):
         fixer.missingResidues = {}
         fixer.findNonstandardResidues()
         fixer.replaceNonstandardResidues()
-        fixer.removeHeterogens(keepWater=False)
+        _remove_heterogens(fixer)
         fixer.findMissingAtoms()
         fixer.addMissingAtoms()
         fixer.addMissingHydrogens(ph)
@@ -160,12 +173,16 @@ def build_system(settings: SimulationSettings):
                          "neutralised with ions; check protonation states and non-standard residues")
     n_solute = topology.getNumAtoms()
     modeller = app.Modeller(topology, positions)
-    modeller.addSolvent(forcefield, model="tip3p", padding=settings.padding_nm * unit.nanometer,
+    # The periodic ML force sees one image of each pair, so the box must be at least twice its cutoff wide.
+    xyz = np.array(positions.value_in_unit(unit.nanometer))
+    extent = float(np.max(np.linalg.norm(xyz - xyz.mean(axis=0), axis=1))) * 2.0
+    edge = max(extent + 2.0 * settings.padding_nm, 2.0 * settings.lr_cutoff_angstrom / 10.0 + 0.05)
+    modeller.addSolvent(forcefield, model="tip3p", boxSize=openmm.Vec3(edge, edge, edge) * unit.nanometer,
                         ionicStrength=settings.ionic_strength_molar * unit.molar, neutralize=True)
     topology, positions = modeller.topology, modeller.positions
     ml_atoms = select_ml_atoms(topology, n_solute, settings.ml_region)
 
-    potential = MLPotential(settings.model)
+    potential = MLPotential(settings.model, lrCutoff=settings.lr_cutoff_angstrom)
     if settings.ml_region == "all":
         system = potential.createSystem(topology, precision=settings.precision)
     else:

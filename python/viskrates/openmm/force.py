@@ -9,6 +9,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 import openmm
+import openmm.app
 import torch
 from torch import Tensor
 
@@ -100,7 +101,7 @@ class _Evaluator:
             box = torch.from_numpy(state.getPeriodicBoxVectors(asNumpy=True)._value).to(self.dtype)
         energy = self.module(positions, box)
         (grad,) = torch.autograd.grad(energy, positions)
-        return float(energy), (-grad).detach().numpy().astype(np.float64)
+        return float(energy.detach()), (-grad).numpy().astype(np.float64)
 
     def __getstate__(self):
         buffer = io.BytesIO()
