@@ -105,24 +105,35 @@ def test_openmmml_create_system_and_mixed_system(so3lr64, ala2):
 
 
 def test_mixed_system_ml_region_energy_decomposition(so3lr64, ala2):
-    """ML region = the ALA residue: E(mixed) = E_ML(ALA, charge 0) + E_MM(system without ALA-internal terms)."""
+    """ML region = the ALA residue, whose two peptide bonds to the caps openmm-ml cuts and caps with link
+    hydrogens (virtual sites): the ML force equals SO3LR on ALA + link atoms (charge 0), and the MM part keeps
+    no bond inside the ML region."""
     positions = ala2.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
     ml_atoms = [a.index for a in ala2.topology.atoms() if a.residue.name == "ALA"]
     mm = app.ForceField("amber14-all.xml").createSystem(ala2.topology, nonbondedMethod=app.NoCutoff)
-    mixed = MLPotential("so3lr").createMixedSystem(ala2.topology, mm, ml_atoms, precision="double")
+    info = MLPotential("so3lr").createMixedSystem(ala2.topology, mm, ml_atoms, precision="double", returnInfo=True)
+    mixed, topology, old_to_new = info["system"], info["topology"], info["oldToNew"]
+    links = sorted(set(range(topology.getNumAtoms())) - set(old_to_new))
+    assert len(links) == 2 and all(mixed.isVirtualSite(i) for i in links)
     ml_forces = [f for f in mixed.getForces() if isinstance(f, openmm.PythonForce)]
     assert len(ml_forces) == 1
-    for i, force in enumerate(mixed.getForces()):
+    for force in mixed.getForces():
         force.setForceGroup(1 if isinstance(force, openmm.PythonForce) else 0)
     context = openmm.Context(mixed, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
-    context.setPositions(positions)
-    e_ml = context.getState(getEnergy=True, groups={1}).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
-    numbers = topology_atomic_numbers(ala2.topology, ml_atoms)
-    ref_ml, _ = _model_energy_forces(so3lr64, numbers, positions[ml_atoms])
+    new_positions = np.zeros((topology.getNumAtoms(), 3))
+    new_positions[old_to_new] = positions
+    context.setPositions(new_positions)
+    context.computeVirtualSites()
+    state = context.getState(getEnergy=True, getPositions=True, groups={1})
+    e_ml = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    ml_new = [old_to_new[i] for i in ml_atoms] + links
+    numbers = topology_atomic_numbers(topology, ml_new)
+    assert numbers[-2:] == [1, 1]
+    all_positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    ref_ml, _ = _model_energy_forces(so3lr64, numbers, all_positions[ml_new])
     assert e_ml == pytest.approx(ref_ml, rel=1e-12)
-    # The MM part must no longer contain bonds entirely inside the ML region.
     bonds = next(f for f in mixed.getForces() if isinstance(f, openmm.HarmonicBondForce))
-    ml = set(ml_atoms)
+    ml = set(ml_new)
     for b in range(bonds.getNumBonds()):
         i, j, *_ = bonds.getBondParameters(b)
         assert not (i in ml and j in ml)
@@ -144,8 +155,10 @@ def test_xml_round_trip(so3lr64, ala2):
     positions = ala2.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
     e1, f1 = _energy_forces(system, positions)
     e2, f2 = _energy_forces(copy, positions)
-    assert e1 == e2
-    np.testing.assert_array_equal(f1, f2)
+    # TorchScript's profiling executor may optimise a module after its first calls, which can change the
+    # last bits; the deserialised force must otherwise be the same model in the same precision.
+    assert e2 == pytest.approx(e1, rel=1e-14)
+    np.testing.assert_allclose(f2, f1, rtol=1e-11, atol=1e-10)
 
 
 def test_unsupported_element_and_empty_region(so3lr64):
@@ -171,7 +184,9 @@ def test_nan_positions_raise(so3lr64, ala2):
 
 def test_nve_energy_conservation_alanine_dipeptide(so3lr64, ala2):
     """Gas-phase SO3LR (float64) NVE, 0.5 fs, 1 ps: total-energy drift < 1e-3 kJ/mol/ps per atom."""
-    system = MLPotential("so3lr").createSystem(ala2.topology, precision="double")
+    # no CMMotionRemover: removing the centre-of-mass motion of the initial velocities would lower the
+    # kinetic energy once, in the first step
+    system = MLPotential("so3lr").createSystem(ala2.topology, precision="double", removeCMMotion=False)
     integrator = openmm.VerletIntegrator(0.5 * unit.femtosecond)
     context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
     context.setPositions(ala2.positions)

@@ -136,3 +136,148 @@ def neighbor_list(positions: Tensor, cutoff: float, box: Optional[Tensor] = None
     ``edge_vectors`` carries a C++ autograd backward to ``positions`` and ``box`` (double backward too).
     """
     return torch.ops.viskrates.neighbor_list(positions, box, cutoff, batch, self_loops)
+
+
+# ---- fused ViS-MP ops (ViSNet; Wang et al., Nat. Commun. 15, 313 (2024)) --------------------------------
+# Graph arguments: a receiver-sorted edge list (row_ptr [N+1], receivers [E], senders [E]) and its
+# transpose (col_ptr [N+1], col_edges [E]: the edges of sender j are col_edges[col_ptr[j]:col_ptr[j+1]]),
+# all int64, from :func:`vismp_graph`. The transpose lets the kernels gather the gradients of the senders'
+# features per sender instead of scattering them with atomics, so results are deterministic. The kernels
+# check shapes, dtypes and devices but trust the index values (they must be consistent and in range).
+
+
+def vismp_graph(receivers: Tensor, senders: Tensor, num_nodes: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """CSR row pointers of a receiver-sorted edge list and its transpose, for the ``vismp_*`` ops.
+
+    Args:
+        receivers: [E] int64, sorted ascending (as :func:`neighbor_list` returns them).
+        senders: [E] int64.
+        num_nodes: N.
+
+    Returns:
+        ``(row_ptr [N+1], col_ptr [N+1], col_edges [E])``, int64: ``row_ptr[i]:row_ptr[i+1]`` are the edges of
+        receiver i; ``col_edges[col_ptr[j]:col_ptr[j+1]]`` are the edges of sender j in ascending edge order.
+    """
+    zero = torch.zeros(1, dtype=torch.long, device=receivers.device)
+    row_ptr = torch.cat([zero, torch.cumsum(torch.bincount(receivers, minlength=num_nodes), 0)])
+    col_ptr = torch.cat([zero, torch.cumsum(torch.bincount(senders, minlength=num_nodes), 0)])
+    col_edges = torch.sort(senders, stable=True)[1]
+    return row_ptr, col_ptr, col_edges
+
+
+def vismp_vector_message_reference(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr: Tensor,
+                                   col_edges: Tensor, vectors: Optional[Tensor], scale: Tensor, shift: Tensor,
+                                   harmonics: Tensor, weights: Optional[Tensor]) -> Tensor:
+    """Aggregated ViS-MP vector messages, ``V_i[m, c] = Σ_{e: j→i} w_e·(v̂_j[m, c]·s1_e[c] + s2_e[c]·Y_e[m])``
+    (README "Equations" §3, PyG's ``ViS_MP.message``/``aggregate`` for the vector channel).
+
+    Args:
+        row_ptr, receivers, senders, col_ptr, col_edges: graph, see :func:`vismp_graph` (only receivers and
+            senders are used here).
+        vectors: [N, L, C] normalised vector features v̂ or None (v̂ = 0, first layer).
+        scale, shift: [E, C] s1, s2.
+        harmonics: [E, L] Y (L <= 8).
+        weights: [E] w or None (w = 1).
+
+    Returns:
+        [N, L, C], dtype of ``scale``; atoms without edges get 0.
+    """
+    messages = shift.unsqueeze(1) * harmonics.unsqueeze(-1)
+    if vectors is not None:
+        messages = messages + vectors.index_select(0, senders) * scale.unsqueeze(1)
+    if weights is not None:
+        messages = messages * weights.view(-1, 1, 1)
+    out = torch.zeros((row_ptr.shape[0] - 1,) + messages.shape[1:], dtype=scale.dtype, device=scale.device)
+    return out.index_add_(0, receivers, messages)
+
+
+def vismp_vector_message(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr: Tensor, col_edges: Tensor,
+                         vectors: Optional[Tensor], scale: Tensor, shift: Tensor, harmonics: Tensor,
+                         weights: Optional[Tensor]) -> Tensor:
+    """Fused :func:`vismp_vector_message_reference` (``torch.ops.viskrates.vismp_vector_message``): one pass
+    per receiver over its edges, never materialising the [E, L, C] messages. Same arguments and result;
+    float32/float64, CPU or CUDA. C++ backward to vectors, scale, shift, harmonics and weights (recomputed
+    from the inputs, deterministic); no double backward (RuntimeError under ``create_graph=True``).
+
+    Raises:
+        ValueError: inconsistent shapes, dtypes or devices, or more than 8 harmonic components.
+    """
+    return torch.ops.viskrates.vismp_vector_message(row_ptr, receivers, senders, col_ptr, col_edges, vectors, scale,
+                                                    shift, harmonics, weights)
+
+
+def vismp_dihedral_reference(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr: Tensor,
+                             col_edges: Tensor, target: Tensor, source: Tensor, harmonics: Tensor) -> Tensor:
+    """ViS-MP dihedral term per edge: ``r_e[c] = Σ_m t_i[m,c]·s_j[m,c] − (t_i·Y_e)[c]·(s_j·Y_e)[c]·(2 − Y_e·Y_e)``,
+    the channel-wise inner product of the rejections of ``t_i`` and ``s_j`` from Y_e as PyG computes it
+    (see :func:`viskrates.nn.vismp.rejection_inner_product`; README "Equations" §3, "Edge update").
+
+    Args:
+        row_ptr, receivers, senders, col_ptr, col_edges: graph, see :func:`vismp_graph` (receivers and
+            senders are used here).
+        target: [N, L, C] ``W_trg v̂`` (per atom, gathered by receiver).
+        source: [N, L, C] ``W_src v̂`` (per atom, gathered by sender).
+        harmonics: [E, L] Y (L <= 8).
+
+    Returns:
+        [E, C], dtype of ``target``.
+    """
+    t = target.index_select(0, receivers)
+    s = source.index_select(0, senders)
+    y = harmonics.unsqueeze(-1)
+    excess = 2.0 - (harmonics * harmonics).sum(1, keepdim=True)
+    return (t * s).sum(1) - (t * y).sum(1) * (s * y).sum(1) * excess
+
+
+def vismp_dihedral(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr: Tensor, col_edges: Tensor,
+                   target: Tensor, source: Tensor, harmonics: Tensor) -> Tensor:
+    """Fused :func:`vismp_dihedral_reference` (``torch.ops.viskrates.vismp_dihedral``) without gathering
+    [E, L, C] copies of ``target`` and ``source``. Same arguments and result; float32/float64, CPU or CUDA.
+    C++ backward to target, source and harmonics (deterministic); no double backward.
+
+    Raises:
+        ValueError: inconsistent shapes, dtypes or devices, or more than 8 harmonic components.
+    """
+    return torch.ops.viskrates.vismp_dihedral(row_ptr, receivers, senders, col_ptr, col_edges, target, source,
+                                              harmonics)
+
+
+def vismp_attention_reference(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr: Tensor,
+                              col_edges: Tensor, query: Tensor, key: Tensor, value: Tensor, key_filter: Tensor,
+                              value_filter: Tensor, weights: Tensor, num_heads: int) -> Tensor:
+    """ViS-MP scalar messages, multi-head SiLU attention with edge filters (README "Equations" §3
+    "Message"; :func:`viskrates.nn.vismp.attention_messages`):
+    ``m_e[c] = val_j[c]·dv_e[c]·SiLU(Σ_{c'∈h(c)} q_i[c']·k_j[c']·dk_e[c'])·w_e``, heads being consecutive
+    blocks of C/H channels.
+
+    Args:
+        row_ptr, receivers, senders, col_ptr, col_edges: graph, see :func:`vismp_graph`.
+        query, key, value: [N, C] per-atom projections.
+        key_filter, value_filter: [E, C] edge filters dk, dv (views with unit column stride are accepted).
+        weights: [E] w (ViSNet: the cosine cutoff φ).
+        num_heads: H, dividing C.
+
+    Returns:
+        [E, C] messages.
+    """
+    num_edges, channels = key_filter.shape[0], key_filter.shape[1]
+    scores = (query.index_select(0, receivers) * key.index_select(0, senders) * key_filter)
+    scores = scores.view(num_edges, num_heads, channels // num_heads).sum(-1)
+    attention = torch.nn.functional.silu(scores) * weights.unsqueeze(-1)
+    messages = (value.index_select(0, senders) * value_filter).view(num_edges, num_heads, channels // num_heads)
+    return (messages * attention.unsqueeze(-1)).view(num_edges, channels)
+
+
+def vismp_attention(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr: Tensor, col_edges: Tensor,
+                    query: Tensor, key: Tensor, value: Tensor, key_filter: Tensor, value_filter: Tensor,
+                    weights: Tensor, num_heads: int) -> Tensor:
+    """Fused :func:`vismp_attention_reference` (``torch.ops.viskrates.vismp_attention``): one pass per
+    receiver, no gathered [E, C] copies of q, k, val; the edge filters are read in place (no copy) when they
+    are column blocks of a wider projection. Same arguments and result; float32/float64, CPU or CUDA. C++
+    backward to query, key, value, the filters and weights (deterministic); no double backward.
+
+    Raises:
+        ValueError: inconsistent shapes, dtypes or devices, or num_heads not dividing C.
+    """
+    return torch.ops.viskrates.vismp_attention(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value,
+                                               key_filter, value_filter, weights, num_heads)

@@ -34,6 +34,13 @@ def layer_norm(x: Tensor, scale: Tensor, bias: Tensor, eps: float) -> Tensor:
     return (x - mean) * torch.rsqrt(variance + eps) * scale + bias
 
 
+def _filter(radial_hidden: Tensor, sph_hidden: Tensor, radial_weight: Tensor, radial_bias: Tensor,
+            sph_weight: Tensor, sph_bias: Tensor) -> Tensor:
+    """``Dense(radial_hidden) + Dense(sph_hidden)`` (torch weight layout [out, in]) without a separate sum pass."""
+    out = torch.addmm(radial_bias + sph_bias, radial_hidden, radial_weight.t())
+    return torch.addmm(out, sph_hidden, sph_weight.t())
+
+
 class ChargeEmbedding(nn.Module):
     """SpookyNet-style embedding of a per-structure scalar ψ (total charge) into atomic features.
 
@@ -45,7 +52,8 @@ class ChargeEmbedding(nn.Module):
 
     so ψ = 0 gives exactly 0. Float32 emulation (FORMULAS §12.3): the official float64 run forms
     ``q·k/√F``, the softplus and ``Σ y`` in float32; this is reproduced (they depend only on Z and ψ, so
-    no gradient flows through them).
+    no gradient flows through them). Their last bits cannot be reproduced (XLA's float32 summation order), which
+    leaves ~1e-7 eV of noise for charged structures.
 
     Args:
         num_features: F.
@@ -71,7 +79,10 @@ class ChargeEmbedding(nn.Module):
         # float32 dot product rounded once (from float64), then softplus as JAX forms it (logaddexp(x, 0))
         s = ((queries.double() * keys.double()).sum(-1).float() / math.sqrt(self.num_features))
         y = torch.clamp(s, min=0.0) + torch.log1p(torch.exp(-torch.abs(s)))
-        y_sum = torch.zeros(num_graphs, dtype=y.dtype, device=y.device).index_add_(0, batch, y)
+        # float32 Σy as in the official code, but accumulated in float64 and rounded once so that it does
+        # not depend on the atom order (a float32 running sum would break permutation invariance at ~1e-7 eV)
+        y_sum = torch.zeros(num_graphs, dtype=torch.float64, device=y.device).index_add_(0, batch, y.double())
+        y_sum = y_sum.float()
         dtype = self.values.dtype
         weight = psi.index_select(0, batch).to(dtype) * y.to(dtype) / y_sum.index_select(0, batch).to(dtype)
         h = weight.unsqueeze(-1) * self.values.index_select(0, row)
@@ -148,10 +159,12 @@ class SO3kratesLayer(nn.Module):
         h = self.num_heads
         d = self.head_dim
         sph = self.contraction(ev.index_select(0, senders) - ev.index_select(0, receivers))
-        filter1 = (self.radial_filter1_out(F.silu(self.radial_filter1_in(radial_basis)))
-                   + self.spherical_filter1_out(F.silu(self.spherical_filter1_in(sph))))
-        filter2 = (self.radial_filter2_out(F.silu(self.radial_filter2_in(radial_basis)))
-                   + self.spherical_filter2_out(F.silu(self.spherical_filter2_in(sph))))
+        filter1 = _filter(F.silu(self.radial_filter1_in(radial_basis)), F.silu(self.spherical_filter1_in(sph)),
+                          self.radial_filter1_out.weight, self.radial_filter1_out.bias,
+                          self.spherical_filter1_out.weight, self.spherical_filter1_out.bias)
+        filter2 = _filter(F.silu(self.radial_filter2_in(radial_basis)), F.silu(self.spherical_filter2_in(sph)),
+                          self.radial_filter2_out.weight, self.radial_filter2_out.bias,
+                          self.spherical_filter2_out.weight, self.spherical_filter2_out.bias)
         # all five per-head projections in one batched product: [H, 5D, D] x [H, D, N]
         weights = torch.cat([self.query1, self.key1, self.value1, self.query2, self.key2], dim=1)
         projected = torch.bmm(weights, x.view(n, h, d).permute(1, 2, 0)).permute(2, 0, 1)

@@ -66,7 +66,9 @@ class SO3LR(nn.Module):
             boundaries only; O(N²) memory).
         dispersion_damping: width of the dispersion switch in Å (default 2); ignored when lr_cutoff is None.
         parameters: an ``.npz`` file with the official parameter tree (keys as in
-            ``so3lr_params.npz``); default: the packaged pretrained parameters.
+            ``so3lr_params.npz``); default: the packaged pretrained parameters. They are loaded in the
+            default dtype (float32; ``model.double()`` for float64, exact) and frozen
+            (``requires_grad=False``; call ``model.requires_grad_(True)`` to train).
 
     Attributes:
         cutoff: the largest neighbour-list cutoff used, ``max(4.5, lr_cutoff)`` Å (4.5 for lr_cutoff=None).
@@ -103,6 +105,7 @@ class SO3LR(nn.Module):
         if lr_cutoff is not None and not lr_cutoff > 0:
             raise ValueError(f"lr_cutoff must be a positive distance in Å or None, got {lr_cutoff}")
         self.lr_cutoff = None if lr_cutoff is None else float(lr_cutoff)
+        self.sr_cutoff = SHORT_RANGE_CUTOFF
         self.cutoff = SHORT_RANGE_CUTOFF if lr_cutoff is None else max(SHORT_RANGE_CUTOFF, float(lr_cutoff))
         self.supported_elements = sorted(FREE_ATOM_REFERENCE.keys())
         self._symbols = list(_ELEMENT_SYMBOLS)
@@ -131,6 +134,9 @@ class SO3LR(nn.Module):
         self.electrostatics = Electrostatics(self.lr_cutoff)
         self.dispersion = QDODispersion(self.lr_cutoff, None if lr_cutoff is None else dispersion_damping)
         self._load_official_parameters(params)
+        # Forces need gradients with respect to positions only; TorchScript's autodiff would otherwise also
+        # form every weight gradient (~1.6x slower). Fine-tuning: model.requires_grad_(True).
+        self.requires_grad_(False)
 
     def _load_official_parameters(self, params) -> None:
         """Copy the official (flax) arrays into this module's layout; every parameter must be covered."""
@@ -215,8 +221,9 @@ class SO3LR(nn.Module):
                              + str(list(atomic_numbers.shape)) + " and " + str(list(positions.shape)))
         if atomic_numbers.shape[0] == 0:
             raise ValueError("SO3LR needs at least one atom")
-        in_table = (atomic_numbers >= 0) & (atomic_numbers < _NUM_ELEMENTS)
-        known = in_table & self.element_supported.index_select(0, atomic_numbers.clamp(0, _NUM_ELEMENTS - 1))
+        table_size = self.element_supported.shape[0]
+        in_table = (atomic_numbers >= 0) & (atomic_numbers < table_size)
+        known = in_table & self.element_supported.index_select(0, atomic_numbers.clamp(0, table_size - 1))
         if not bool(known.all()):
             bad: List[int] = torch.unique(atomic_numbers[~known]).tolist()
             names = ", ".join([_element_name(z, self._symbols) for z in bad])
@@ -251,7 +258,7 @@ class SO3LR(nn.Module):
                 raise ValueError("total_charge must have one entry per structure (" + str(num_graphs)
                                  + "), got " + str(charge.shape[0]))
 
-        _, receivers, senders, _, edge_vectors = neighbor_list(positions, SHORT_RANGE_CUTOFF, box, batch)
+        _, receivers, senders, _, edge_vectors = neighbor_list(positions, self.sr_cutoff, box, batch)
         x = self.network(atomic_numbers, edge_vectors, receivers, senders, charge, graph, num_graphs)
 
         atomic_energy = (self.energy_out(F.silu(self.energy_hidden(x))).squeeze(-1)
@@ -309,6 +316,13 @@ class SO3LR(nn.Module):
                 first = first[same]
                 second = second[same]
             return first, second, positions.index_select(0, second) - positions.index_select(0, first)
-        _, receivers, senders, _, vectors = neighbor_list(positions, lr, box, batch)
+        # Pair vectors are rebuilt from the shifts so that the backward pass scatters over the kept half of
+        # the directed list only.
+        _, receivers, senders, shifts, _ = neighbor_list(positions.detach(), lr, box, batch)
         once = receivers < senders
-        return receivers[once], senders[once], vectors[once]
+        first = receivers[once]
+        second = senders[once]
+        vectors = positions.index_select(0, second) - positions.index_select(0, first)
+        if box is not None:
+            vectors = vectors + shifts[once] @ box
+        return first, second, vectors

@@ -17,6 +17,13 @@ Differences from PyG, by design:
   cutoff instead of 0, so the energy jumps when a pair crosses the cutoff (README "Cutoff
   discontinuity"); with it the energy and forces are continuous.
 * Forces come from autograd outside the model (``derivative`` is accepted and ignored).
+
+Execution paths (DESIGN.md §3): ``backend='reference'`` (default) runs plain PyTorch ops;
+``backend='fused'`` computes the attention messages, the vector messages and the dihedral term of every
+ViS-MP layer with the fused kernels ``viskrates.ops.vismp_attention``, ``vismp_vector_message`` and
+``vismp_dihedral`` (no gathered per-edge copies of atom features, no [E, L, C] intermediates, C++
+backward, CPU and CUDA). Both give the same energies and forces to rounding; the fused
+backward is not differentiable again, so training on forces needs the reference backend.
 """
 import json
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -28,7 +35,7 @@ from torch import Tensor, nn
 from ..nn.cutoff import cosine_cutoff
 from ..nn.radial import ExpNormalSmearing
 from ..nn.vismp import ViSMPLayer, edge_directions, segment_sum, spherical_harmonics, xavier_blocks
-from ..ops import neighbor_list
+from ..ops import neighbor_list, vismp_graph
 
 _ELEMENT_SYMBOLS = (
     "X H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Br Kr "
@@ -73,7 +80,7 @@ class GatedEquivariantBlock(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """PyG's initialisation: xavier-uniform W₁, W₂, Lin_a, Lin_b (each part on its own), zero biases."""
+        """PyG's initialisation scheme: xavier-uniform W₁, W₂, Lin_a, Lin_b (each part on its own), zero biases."""
         xavier_blocks(self.vec_proj, [self.hidden_channels] + ([self.out_channels] if self.vector_output else []))
         xavier_blocks(self.update_a, [self.hidden_channels])
         xavier_blocks(self.update_b, [self.update_b.out_features])
@@ -81,14 +88,14 @@ class GatedEquivariantBlock(nn.Module):
     def forward(self, x: Tensor, vectors: Tensor) -> Tuple[Tensor, Tensor]:
         c = self.hidden_channels
         o = self.out_channels
-        projected = self.vec_proj(vectors)
-        norms = torch.linalg.vector_norm(projected[:, :, :c], dim=1)
-        h = self.update_b(F.silu(self.update_a(torch.cat([x, norms], dim=-1))))
-        scalars = h[:, :o]
+        projected = self.vec_proj(vectors).split(c, dim=-1)  # W₁v (, W₂v)
+        norms = torch.linalg.vector_norm(projected[0], dim=1)
+        h = self.update_b(F.silu(self.update_a(torch.cat([x, norms], dim=-1)))).split(o, dim=-1)  # s (, g)
+        scalars = h[0]
         if self.scalar_activation:
             scalars = F.silu(scalars)
         if self.vector_output:
-            return scalars, h[:, o:].unsqueeze(1) * projected[:, :, c:]
+            return scalars, h[1].unsqueeze(1) * projected[1]
         return scalars, torch.zeros(0, dtype=x.dtype, device=x.device)
 
 
@@ -124,10 +131,12 @@ class ViSNet(nn.Module):
         vertex: only False (ViS-MP, PyG's default) is implemented.
         reduce_op: only "sum" is implemented.
         derivative: accepted for PyG compatibility and ignored (forces come from autograd).
+        backend: ``"reference"`` (PyTorch ops) or ``"fused"`` (viskrates kernels; same numbers, faster,
+            no double backward).
 
     Raises:
-        ValueError: unsupported option (lmax ∉ {1, 2}, vecnorm_type, vertex, reduce_op), C not divisible by
-            num_heads, wrong atomref length.
+        ValueError: unsupported option (lmax ∉ {1, 2}, vecnorm_type, vertex, reduce_op, backend), C not
+            divisible by num_heads, wrong atomref length.
 
     Attributes:
         cutoff (float): Å. supported_elements (List[int]): 1..max_z−1.
@@ -148,8 +157,10 @@ class ViSNet(nn.Module):
                  atomref: Optional[Sequence[float]] = None, vector_cutoff: bool = False,
                  vecnorm_type: Optional[str] = None, trainable_vecnorm: bool = False, trainable_rbf: bool = False,
                  max_num_neighbors: int = 32, vertex: bool = False, reduce_op: str = "sum",
-                 derivative: bool = False):
+                 derivative: bool = False, backend: str = "reference"):
         super().__init__()
+        if backend not in ("reference", "fused"):
+            raise ValueError(f"backend must be 'reference' or 'fused', got {backend!r}")
         if lmax not in (1, 2):
             raise ValueError(f"ViSNet supports lmax 1 or 2 (PyG's spherical harmonics), got {lmax}")
         if vecnorm_type is not None and vecnorm_type != "none":
@@ -169,6 +180,7 @@ class ViSNet(nn.Module):
         self.cutoff = float(cutoff)
         self.max_z = max_z
         self.vector_cutoff = vector_cutoff
+        self.backend = backend
         self.supported_elements: List[int] = list(range(1, max_z))
         self.element_symbols: List[str] = list(_ELEMENT_SYMBOLS)
 
@@ -262,7 +274,8 @@ class ViSNet(nn.Module):
         Args:
             atomic_numbers: [N] int64, all in 1..max_z−1 (not checked here).
             edge_vectors: [E, 3] ``R_j − R_i (+ shift)`` (Å), model dtype.
-            receivers, senders: [E] int64; every atom must have its self-loop (i, i).
+            receivers, senders: [E] int64; every atom must have its self-loop (i, i). The fused backend
+                needs the edges sorted by receiver (as :func:`viskrates.ops.neighbor_list` returns them).
         """
         num_atoms = atomic_numbers.shape[0]
         c = self.hidden_channels
@@ -270,18 +283,21 @@ class ViSNet(nn.Module):
         harmonics = spherical_harmonics(units, self.lmax)
         phi = cosine_cutoff(distances, self.cutoff)
         rbf = self.radial(distances) * phi.unsqueeze(-1)
-        radial = self.radial_proj(rbf)
+        neighbor_filter, edge_filter = self.radial_proj(rbf).split(c, dim=-1)
         neighbor_weight = torch.where(receivers == senders, torch.zeros_like(phi), phi)
-        neighbor_messages = (self.neighbor_embedding(atomic_numbers).index_select(0, senders) * radial[:, :c]
+        neighbor_messages = (self.neighbor_embedding(atomic_numbers).index_select(0, senders) * neighbor_filter
                              * neighbor_weight.unsqueeze(-1))
         x = self.combine(torch.cat([self.embedding(atomic_numbers),
                                     segment_sum(neighbor_messages, receivers, num_atoms)], dim=-1))
-        edge_features = (x.index_select(0, receivers) + x.index_select(0, senders)) * radial[:, c:]
+        edge_features = (x.index_select(0, receivers) + x.index_select(0, senders)) * edge_filter
         vectors = torch.zeros(num_atoms, harmonics.shape[1], c, dtype=x.dtype, device=x.device)
+        graph: Optional[Tuple[Tensor, Tensor, Tensor]] = None
+        if self.backend == "fused":
+            graph = vismp_graph(receivers, senders, num_atoms)
         first = True
         for layer in self.layers:
             x, vectors, edge_features = layer(x, vectors, edge_features, receivers, senders, phi, harmonics,
-                                              first, self.vector_cutoff)
+                                              first, self.vector_cutoff, graph)
             first = False
         x = self.out_norm(x)
         vectors = vectors * self.vec_out_norm_weight
@@ -296,7 +312,8 @@ class ViSNet(nn.Module):
         Args:
             state_dict: ``torch_geometric.nn.models.ViSNet.state_dict()`` (names ``representation_model.*``,
                 ``output_model.*``, ``prior_model.*``, ``mean``, ``std``).
-            **config: PyG's ``ViSNet`` keyword arguments (e.g. from a JSON file), plus ``vector_cutoff``.
+            **config: PyG's ``ViSNet`` keyword arguments (e.g. from a JSON file), plus ``vector_cutoff`` and
+                ``backend``.
 
         Returns:
             A ViSNet in the state dict's dtype, in eval mode. ``mean``, ``std``, ``atomref`` and the RBF
@@ -399,13 +416,14 @@ def pyg_to_viskrates_state_dict(state_dict: Dict[str, Tensor], num_layers: int) 
     return out
 
 
-def load_pyg_visnet(weights_path: str, config_path: str, vector_cutoff: bool = False) -> ViSNet:
+def load_pyg_visnet(weights_path: str, config_path: str, vector_cutoff: bool = False,
+                    backend: str = "reference") -> ViSNet:
     """Load a PyG ViSNet from ``torch.save``-d state dict and a JSON file of its constructor arguments.
 
     Args:
         weights_path: ``.pt`` file holding the PyG state dict.
         config_path: ``.json`` file with PyG's ``ViSNet(**config)`` keyword arguments.
-        vector_cutoff: see :class:`ViSNet`.
+        vector_cutoff, backend: see :class:`ViSNet`.
 
     Returns:
         :class:`ViSNet` in the dtype of the stored tensors, eval mode.
@@ -416,4 +434,4 @@ def load_pyg_visnet(weights_path: str, config_path: str, vector_cutoff: bool = F
     with open(config_path) as handle:
         config = json.load(handle)
     state_dict = torch.load(weights_path, map_location="cpu", weights_only=True)
-    return ViSNet.from_pyg_state_dict(state_dict, vector_cutoff=vector_cutoff, **config)
+    return ViSNet.from_pyg_state_dict(state_dict, vector_cutoff=vector_cutoff, backend=backend, **config)

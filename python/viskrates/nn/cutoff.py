@@ -36,7 +36,7 @@ def _exp_inverse(t: Tensor) -> Tensor:
 
 
 def smooth_switch(r: Tensor, x_on: float, x_off: float) -> Tensor:
-    """C∞ switch ``S(r) = σ(1−c) / (σ(1−c) + σ(c))`` with ``σ(t) = exp(−1/t)`` and ``c = (r − x_on)/(x_off − x_on)``.
+    """C∞ switch ``S(r) = σ(1−c) / (σ(1−c) + σ(c))``, ``σ(t) = exp(−1/t)``, ``c = (r − x_on)/(x_off − x_on)``.
 
     S = 1 for r ≤ x_on, S = 0 for r ≥ x_off, smooth (all derivatives continuous) in between. This is the
     switch of the SO3LR long-range terms and ZBL (Kabylda et al., J. Am. Chem. Soc. 147 (2025);

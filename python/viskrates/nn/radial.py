@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 
 class BernsteinBasis(nn.Module):
-    """Exponential Bernstein polynomials ``b_k(d) = C(K−1, k) · x^k · (1 − x)^(K−1−k)``, ``x = exp(−γ·d)``.
+    """Exponential Bernstein polynomials ``b_k(d) = C(K−1, k) · x^k · (1 − x)^(K−1−k)``, ``x = exp(−γd)``.
 
     The radial basis of SO3krates/SO3LR (Frank et al., Nat. Commun. 15, 6539 (2024); Unke et al.,
     SpookyNet, Nat. Commun. 12, 7273 (2021), eq. 5). It is evaluated in log space,
@@ -28,18 +28,17 @@ class BernsteinBasis(nn.Module):
             raise ValueError(f"num_basis must be >= 1, got {num_basis}")
         self.num_basis = num_basis
         self.gamma = float(gamma)
-        n = num_basis - 1
-        k = torch.arange(num_basis, dtype=torch.float64)
-        log_binomial = torch.tensor([math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
-                                     for i in range(num_basis)], dtype=torch.float64)
-        self.register_buffer("k", k)
-        self.register_buffer("n_minus_k", n - k)
-        self.register_buffer("log_binomial", log_binomial)
+        # The binomial coefficients are exact integers in an int64 buffer: a float buffer would be rounded by
+        # a float32 round trip of the module, and TorchScript builds torch.tensor(List[float]) via float32.
+        self.register_buffer("binomials", torch.tensor([math.comb(num_basis - 1, k) for k in range(num_basis)]),
+                             persistent=False)
 
     def forward(self, distances: Tensor) -> Tensor:
+        log_binomial = torch.log(self.binomials.to(torch.float64)).to(distances.dtype)
+        k = torch.arange(self.num_basis, dtype=distances.dtype, device=distances.device)
         scaled = (-self.gamma * distances).unsqueeze(-1)  # log x
         log_one_minus_x = torch.log(-torch.expm1(scaled))
-        return torch.exp(self.log_binomial + self.k * scaled + self.n_minus_k * log_one_minus_x)
+        return torch.exp(log_binomial + k * scaled + (self.num_basis - 1 - k) * log_one_minus_x)
 
 
 class ExpNormalSmearing(nn.Module):

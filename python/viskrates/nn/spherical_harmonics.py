@@ -5,26 +5,6 @@ from typing import List
 import torch
 from torch import Tensor, nn
 
-_PI = math.pi
-# Orthonormal ("integral"-normalised) real harmonics: Σ_m Y_lm² = (2l+1)/(4π) on the unit sphere.
-_C1 = math.sqrt(3.0 / (4.0 * _PI))
-_C2A = 0.5 * math.sqrt(15.0 / _PI)
-_C2B = 0.25 * math.sqrt(5.0 / _PI)
-_C2C = 0.25 * math.sqrt(15.0 / _PI)
-_C3A = 0.25 * math.sqrt(35.0 / (2.0 * _PI))
-_C3B = 0.5 * math.sqrt(105.0 / _PI)
-_C3C = 0.25 * math.sqrt(21.0 / (2.0 * _PI))
-_C3D = 0.25 * math.sqrt(7.0 / _PI)
-_C3E = 0.25 * math.sqrt(105.0 / _PI)
-_C4A = 0.75 * math.sqrt(35.0 / _PI)
-_C4B = 0.75 * math.sqrt(35.0 / (2.0 * _PI))
-_C4C = 0.75 * math.sqrt(5.0 / _PI)
-_C4D = 0.75 * math.sqrt(5.0 / (2.0 * _PI))
-_C4E = (3.0 / 16.0) * math.sqrt(1.0 / _PI)
-_C4F = (3.0 / 8.0) * math.sqrt(5.0 / _PI)
-_C4G = (3.0 / 16.0) * math.sqrt(35.0 / _PI)
-
-
 def num_spherical_components(lmax: int) -> int:
     """Number of components of degrees 1..lmax: Σ (2l+1) = (lmax+1)² − 1."""
     return (lmax + 1) * (lmax + 1) - 1
@@ -50,26 +30,45 @@ def real_spherical_harmonics(unit_vectors: Tensor, lmax: int = 4) -> Tensor:
     """
     if lmax < 1 or lmax > 4:
         raise ValueError(f"real_spherical_harmonics supports lmax in 1..4, got {lmax}")
+    # Orthonormal ("integral"-normalised) prefactors, so that Σ_m Y_lm² = (2l+1)/(4π); computed here
+    # because TorchScript cannot read module-level float constants.
+    pi = math.pi
+    c1 = math.sqrt(3.0 / (4.0 * pi))
+    c2a = 0.5 * math.sqrt(15.0 / pi)
+    c2b = 0.25 * math.sqrt(5.0 / pi)
+    c2c = 0.25 * math.sqrt(15.0 / pi)
+    c3a = 0.25 * math.sqrt(35.0 / (2.0 * pi))
+    c3b = 0.5 * math.sqrt(105.0 / pi)
+    c3c = 0.25 * math.sqrt(21.0 / (2.0 * pi))
+    c3d = 0.25 * math.sqrt(7.0 / pi)
+    c3e = 0.25 * math.sqrt(105.0 / pi)
+    c4a = 0.75 * math.sqrt(35.0 / pi)
+    c4b = 0.75 * math.sqrt(35.0 / (2.0 * pi))
+    c4c = 0.75 * math.sqrt(5.0 / pi)
+    c4d = 0.75 * math.sqrt(5.0 / (2.0 * pi))
+    c4e = (3.0 / 16.0) * math.sqrt(1.0 / pi)
+    c4f = (3.0 / 8.0) * math.sqrt(5.0 / pi)
+    c4g = (3.0 / 16.0) * math.sqrt(35.0 / pi)
     x = unit_vectors[:, 0]
     y = unit_vectors[:, 1]
     z = unit_vectors[:, 2]
-    out: List[Tensor] = [_C1 * y, _C1 * z, _C1 * x]
+    out: List[Tensor] = [c1 * y, c1 * z, c1 * x]
     if lmax >= 2:
         xx = x * x
         yy = y * y
         zz = z * z
         xy = x * y
-        out += [_C2A * xy, _C2A * y * z, _C2B * (3.0 * zz - 1.0), _C2A * x * z, _C2C * (xx - yy)]
+        out += [c2a * xy, c2a * y * z, c2b * (3.0 * zz - 1.0), c2a * x * z, c2c * (xx - yy)]
         if lmax >= 3:
-            out += [_C3A * y * (3.0 * xx - yy), _C3B * xy * z, _C3C * y * (5.0 * zz - 1.0),
-                    _C3D * (5.0 * zz * z - 3.0 * z), _C3C * x * (5.0 * zz - 1.0), _C3E * (xx - yy) * z,
-                    _C3A * x * (xx - 3.0 * yy)]
+            out += [c3a * y * (3.0 * xx - yy), c3b * xy * z, c3c * y * (5.0 * zz - 1.0),
+                    c3d * (5.0 * zz * z - 3.0 * z), c3c * x * (5.0 * zz - 1.0), c3e * (xx - yy) * z,
+                    c3a * x * (xx - 3.0 * yy)]
             if lmax >= 4:
-                out += [_C4A * xy * (xx - yy), _C4B * y * (3.0 * xx - yy) * z, _C4C * xy * (7.0 * zz - 1.0),
-                        _C4D * y * (7.0 * zz * z - 3.0 * z), _C4E * (35.0 * zz * zz - 30.0 * zz + 3.0),
-                        _C4D * x * (7.0 * zz * z - 3.0 * z), _C4F * (xx - yy) * (7.0 * zz - 1.0),
-                        _C4B * x * (xx - 3.0 * yy) * z,
-                        _C4G * (xx * (xx - 3.0 * yy) - yy * (3.0 * xx - yy))]
+                out += [c4a * xy * (xx - yy), c4b * y * (3.0 * xx - yy) * z, c4c * xy * (7.0 * zz - 1.0),
+                        c4d * y * (7.0 * zz * z - 3.0 * z), c4e * (35.0 * zz * zz - 30.0 * zz + 3.0),
+                        c4d * x * (7.0 * zz * z - 3.0 * z), c4f * (xx - yy) * (7.0 * zz - 1.0),
+                        c4b * x * (xx - 3.0 * yy) * z,
+                        c4g * (xx * (xx - 3.0 * yy) - yy * (3.0 * xx - yy))]
     return torch.stack(out, dim=-1)
 
 
@@ -90,13 +89,14 @@ class DegreeContraction(nn.Module):
 
     def __init__(self, lmax: int):
         super().__init__()
-        weights = torch.zeros(num_spherical_components(lmax), lmax, dtype=torch.float64)
-        for l in range(1, lmax + 1):
-            weights[l * l - 1:(l + 1) * (l + 1) - 1, l - 1] = 1.0 / math.sqrt(2 * l + 1)
-        self.register_buffer("weights", weights)
+        self.lmax = lmax
 
     def forward(self, v: Tensor) -> Tensor:
-        return (v * v) @ self.weights
+        # Python-float weights (doubles, also in TorchScript) keep 1/√(2l+1) exact in any dtype.
+        out: List[Tensor] = []
+        for l in range(1, self.lmax + 1):
+            out.append((v[..., l * l - 1:(l + 1) * (l + 1) - 1] ** 2).sum(-1) * (1.0 / math.sqrt(2 * l + 1)))
+        return torch.stack(out, dim=-1)
 
 
 def component_degrees(lmax: int) -> Tensor:

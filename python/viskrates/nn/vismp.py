@@ -15,6 +15,11 @@ The pieces a fused kernel will replace are kept apart, each a plain function:
   and :func:`rejection_inner_product` (the vector rejections of the dihedral term).
 * Messages and aggregation: :func:`attention_messages`, :func:`vector_messages`, :func:`segment_sum`.
 
+The ``fused`` backend replaces these stages by the kernels ``viskrates.ops.vismp_attention`` (scalar
+messages), ``vismp_vector_message`` (vector messages summed per receiver, no [E, L, C] intermediate) and
+``vismp_dihedral`` (dihedral term): see :func:`scalar_messages`, :func:`aggregate_vector_messages` and
+:func:`dihedral_term`, which take either path.
+
 The angle term needs no per-edge work: ``Σ_m (W₁v_i)[m]·(W₂v_i)[m]`` is a per-atom inner product of
 the vector features, which already hold the (weighted) sums of direction units of the neighbours.
 """
@@ -24,6 +29,8 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..ops import vismp_attention, vismp_dihedral, vismp_vector_message
 
 
 def edge_directions(edge_vectors: Tensor, receivers: Tensor, senders: Tensor) -> Tuple[Tensor, Tensor]:
@@ -170,6 +177,63 @@ def vector_messages(vectors: Optional[Tensor], scale: Tensor, shift: Tensor, har
     return messages
 
 
+def scalar_messages(query: Tensor, key: Tensor, value: Tensor, key_filter: Tensor, value_filter: Tensor,
+                    edge_weights: Tensor, receivers: Tensor, senders: Tensor, num_heads: int,
+                    graph: Optional[Tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+    """:func:`attention_messages` (graph None) or the fused kernel ``viskrates.ops.vismp_attention`` (graph =
+    ``(row_ptr, col_ptr, col_edges)`` from :func:`viskrates.ops.vismp_graph`, receiver-sorted edges).
+    Same arguments as :func:`attention_messages`; returns [E, C]."""
+    if graph is None:
+        return attention_messages(query, key, value, key_filter, value_filter, edge_weights, receivers, senders,
+                                  num_heads)
+    row_ptr, col_ptr, col_edges = graph
+    return vismp_attention(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value, key_filter,
+                           value_filter, edge_weights, num_heads)
+
+
+def aggregate_vector_messages(vectors: Optional[Tensor], scale: Tensor, shift: Tensor, harmonics: Tensor,
+                              receivers: Tensor, senders: Tensor, edge_weights: Optional[Tensor], num_nodes: int,
+                              graph: Optional[Tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+    """``V_i = Σ_{e: j→i} u_ij``: :func:`vector_messages` summed into the receivers.
+
+    Args:
+        vectors, scale, shift, harmonics, senders, edge_weights: as for :func:`vector_messages`.
+        receivers: [E] int64, sorted ascending when ``graph`` is given.
+        num_nodes: N.
+        graph: None for the reference path (PyTorch ops, [E, L, C] messages), or ``(row_ptr, col_ptr,
+            col_edges)`` from :func:`viskrates.ops.vismp_graph` for the fused kernel.
+
+    Returns:
+        [N, L, C].
+    """
+    if graph is None:
+        return segment_sum(vector_messages(vectors, scale, shift, harmonics, senders, edge_weights), receivers,
+                           num_nodes)
+    row_ptr, col_ptr, col_edges = graph
+    return vismp_vector_message(row_ptr, receivers, senders, col_ptr, col_edges, vectors, scale, shift, harmonics,
+                                edge_weights)
+
+
+def dihedral_term(target: Tensor, source: Tensor, harmonics: Tensor, receivers: Tensor, senders: Tensor,
+                  graph: Optional[Tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+    """Dihedral term ``Σ_m w1[m]·w2[m]`` of the ViS-MP edge update for every edge (see
+    :func:`rejection_inner_product`), from the per-atom projections.
+
+    Args:
+        target: [N, L, C] ``W_trg v̂`` (taken at the receiver).
+        source: [N, L, C] ``W_src v̂`` (taken at the sender).
+        harmonics: [E, L]; receivers, senders: [E] int64.
+        graph: None (reference path) or ``(row_ptr, col_ptr, col_edges)`` for the fused kernel.
+
+    Returns:
+        [E, C].
+    """
+    if graph is None:
+        return rejection_inner_product(target.index_select(0, receivers), source.index_select(0, senders), harmonics)
+    row_ptr, col_ptr, col_edges = graph
+    return vismp_dihedral(row_ptr, receivers, senders, col_ptr, col_edges, target, source, harmonics)
+
+
 def xavier_blocks(linear: nn.Linear, blocks: List[int]) -> None:
     """Xavier-uniform initialisation of a stacked linear, block of rows by block (each block as if it were
     its own layer, as the separate PyG linears it stacks), and zero bias.
@@ -210,6 +274,10 @@ class ViSMPLayer(nn.Module):
 
     Shapes (forward): x [N, C], vectors [N, L, C], edge_features [E, C], receivers/senders [E],
     edge_weights [E] (φ), harmonics [E, L]; returns updated (x, vectors, edge_features).
+
+    In the first layer v = 0, so ``vec_norm_weight``, ``vec_proj``, the edge-gate rows of ``edge_proj`` and
+    the o1, o2 rows of ``o_proj`` never act there (in PyG they multiply 0; they are kept so that every
+    layer has PyG's parameters).
     """
 
     def __init__(self, hidden_channels: int, num_heads: int, update_edges: bool, trainable_vecnorm: bool = False):
@@ -246,33 +314,40 @@ class ViSMPLayer(nn.Module):
         xavier_blocks(self.o_proj, [3 * c])
 
     def forward(self, x: Tensor, vectors: Tensor, edge_features: Tensor, receivers: Tensor, senders: Tensor,
-                edge_weights: Tensor, harmonics: Tensor, vectors_are_zero: bool,
-                vector_cutoff: bool) -> Tuple[Tensor, Tensor, Tensor]:
+                edge_weights: Tensor, harmonics: Tensor, vectors_are_zero: bool, vector_cutoff: bool,
+                graph: Optional[Tuple[Tensor, Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor, Tensor]:
         """One layer. ``vectors_are_zero`` (first layer) skips every term that multiplies v = 0, which
-        gives the same numbers; ``vector_cutoff`` multiplies the vector messages by φ (not in PyG)."""
+        gives the same numbers; ``vector_cutoff`` multiplies the vector messages by φ (not in PyG);
+        ``graph`` = ``(row_ptr, col_ptr, col_edges)`` (:func:`viskrates.ops.vismp_graph`, receiver-sorted
+        edges) selects the fused kernels for the messages and the dihedral term."""
         c = self.hidden_channels
         num_nodes = x.shape[0]
-        x_hat = self.layernorm(x)
-        qkv = self.qkv_proj(x_hat)
-        filters = F.silu(self.edge_proj(edge_features))
-        messages = attention_messages(qkv[:, :c], qkv[:, c:2 * c], qkv[:, 2 * c:], filters[:, :c],
-                                      filters[:, c:2 * c], edge_weights, receivers, senders, self.num_heads)
-        s = F.silu(self.s_proj(messages))
+        # stacked outputs are cut with split (not slices): its backward concatenates the gradients
+        # instead of zero-filling one full-width gradient per slice
+        query, key, value = self.qkv_proj(self.layernorm(x)).split(c, dim=-1)
+        # with v = 0 the edge update vanishes, so its gate rows (the last C) are not evaluated
+        rows = 2 * c if vectors_are_zero else self.edge_proj.out_features
+        filters = F.silu(F.linear(edge_features, self.edge_proj.weight[:rows], self.edge_proj.bias[:rows]))
+        filters = filters.split(c, dim=-1)  # dk, dv (, edge gate)
+        key_filter, value_filter = filters[0], filters[1]
+        messages = scalar_messages(query, key, value, key_filter, value_filter, edge_weights, receivers, senders,
+                                   self.num_heads, graph)
+        scale, shift = F.silu(self.s_proj(messages)).split(c, dim=-1)
         vector_weights: Optional[Tensor] = None
         if vector_cutoff:
             vector_weights = edge_weights
-        o = self.o_proj(segment_sum(messages, receivers, num_nodes))
+        o1, o2, o3 = self.o_proj(segment_sum(messages, receivers, num_nodes)).split(c, dim=-1)
         if vectors_are_zero:
-            u = vector_messages(None, s[:, :c], s[:, c:], harmonics, senders, vector_weights)
-            return x + o[:, 2 * c:], vectors + segment_sum(u, receivers, num_nodes), edge_features
+            aggregated = aggregate_vector_messages(None, scale, shift, harmonics, receivers, senders, vector_weights,
+                                                   num_nodes, graph)
+            return x + o3, vectors + aggregated, edge_features
         v_hat = vectors * self.vec_norm_weight
-        u = vector_messages(v_hat, s[:, :c], s[:, c:], harmonics, senders, vector_weights)
-        projected = self.vec_proj(v_hat)
-        angle = (projected[:, :, :c] * projected[:, :, c:2 * c]).sum(1)
-        dx = angle * o[:, c:2 * c] + o[:, 2 * c:]
-        dv = projected[:, :, 2 * c:3 * c] * o[:, :c].unsqueeze(1) + segment_sum(u, receivers, num_nodes)
+        aggregated = aggregate_vector_messages(v_hat, scale, shift, harmonics, receivers, senders, vector_weights,
+                                               num_nodes, graph)
+        projected = self.vec_proj(v_hat).split(c, dim=-1)
+        dx = (projected[0] * projected[1]).sum(1) * o2 + o3
+        dv = projected[2] * o1.unsqueeze(1) + aggregated
         if self.update_edges:
-            target = projected[:, :, 3 * c:4 * c].index_select(0, receivers)
-            source = projected[:, :, 4 * c:].index_select(0, senders)
-            edge_features = edge_features + filters[:, 2 * c:] * rejection_inner_product(target, source, harmonics)
+            dihedral = dihedral_term(projected[3], projected[4], harmonics, receivers, senders, graph)
+            edge_features = edge_features + filters[2] * dihedral
         return x + dx, vectors + dv, edge_features

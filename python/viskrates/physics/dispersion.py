@@ -30,7 +30,7 @@ values SO3LR uses (Tkatchenko & Scheffler, Phys. Rev. Lett. 102, 073005 (2009), 
 
 
 class QDODispersion(nn.Module):
-    """vdW-QDO pairwise dispersion ``E = −Σ_{i<j} [C6/(ρ⁶+p⁶) + C8/(ρ⁸+p⁸) + C10/(ρ¹⁰+p¹⁰)]`` (hartree).
+    """vdW-QDO pairwise dispersion ``E = −Σ_{i<j} [C6/(ρ⁶+p⁶) + C8/(ρ⁸+p⁸) + C10/(ρ¹⁰+p¹⁰)]`` (Eh).
 
     The universal pairwise quantum-Drude-oscillator potential of A. Khabibrakhmanov, D. V. Fedorov and
     A. Tkatchenko, J. Chem. Theory Comput. 19, 7895 (2023), with atom-in-molecule parameters from the
@@ -67,13 +67,17 @@ class QDODispersion(nn.Module):
         self.cutoff = None if cutoff is None else float(cutoff)
         self.switch_on = 0.0 if cutoff is None or damping is None else float(cutoff) - float(damping)
         self.scale = float(scale)
-        polarizability = torch.zeros(num_elements, dtype=torch.float64)
-        c6 = torch.zeros(num_elements, dtype=torch.float64)
+        self.vdw_radius_factor = FINE_STRUCTURE ** (-4.0 / 21.0)
+        self.bohr = BOHR
+        self.hartree = HARTREE
+        # Integer table in units of 0.1 bohr³ and 0.01 Eh·bohr⁶ (every reference value is such a multiple):
+        # rebuilt exactly in the model's dtype at each call, whereas a float buffer would be rounded by a
+        # float32 round trip of the module and TorchScript builds torch.tensor(List[float]) via float32.
+        table = torch.zeros(2, num_elements, dtype=torch.long)
         for z, (alpha0, c60) in FREE_ATOM_REFERENCE.items():
-            polarizability[z] = alpha0
-            c6[z] = c60
-        self.register_buffer("free_polarizability", polarizability)
-        self.register_buffer("free_c6", c6)
+            table[0, z] = round(alpha0 * 10)
+            table[1, z] = round(c60 * 100)
+        self.register_buffer("free_atom_table", table, persistent=False)
 
     def forward(self, atomic_numbers: Tensor, hirshfeld_ratios: Tensor, distances: Tensor, first: Tensor,
                 second: Tensor, pair_graph: Tensor, num_graphs: int) -> Tensor:
@@ -90,8 +94,9 @@ class QDODispersion(nn.Module):
         Returns:
             [B] energies in eV, dtype of ``distances``.
         """
-        alpha = self.free_polarizability.index_select(0, atomic_numbers) * hirshfeld_ratios
-        c6 = self.free_c6.index_select(0, atomic_numbers) * hirshfeld_ratios * hirshfeld_ratios
+        free_atom = self.free_atom_table.index_select(1, atomic_numbers).to(hirshfeld_ratios.dtype)
+        alpha = free_atom[0] / 10.0 * hirshfeld_ratios
+        c6 = free_atom[1] / 100.0 * hirshfeld_ratios * hirshfeld_ratios
         alpha_i = alpha.index_select(0, first)
         alpha_j = alpha.index_select(0, second)
         c6_i = c6.index_select(0, first)
@@ -99,16 +104,16 @@ class QDODispersion(nn.Module):
         alpha_ij = 0.5 * (alpha_i + alpha_j)
         c6_ij = 2.0 * c6_i * c6_j * alpha_i * alpha_j / (alpha_i * alpha_i * c6_j + alpha_j * alpha_j * c6_i)
         alpha_root = torch.pow(alpha_ij, 1.0 / 7.0)
-        r_vdw = FINE_STRUCTURE ** (-4.0 / 21.0) * alpha_root
+        r_vdw = self.vdw_radius_factor * alpha_root
         sigma = ((-0.00078893 * r_vdw + 0.04125273) * r_vdw + 0.24428889) * r_vdw - 0.00433008
         gamma = 0.5 / (sigma * sigma)
         c8 = 5.0 * c6_ij / gamma
         c10 = (245.0 / 8.0) * c6_ij / (gamma * gamma)
         p2 = (self.scale * 2.0 * 2.54 * alpha_root) ** 2
         p6 = p2 * p2 * p2
-        rho2 = (distances / BOHR) ** 2
+        rho2 = (distances / self.bohr) ** 2
         rho6 = rho2 * rho2 * rho2
-        pair = -HARTREE * (c6_ij / (rho6 + p6) + c8 / (rho6 * rho2 + p6 * p2)
+        pair = -self.hartree * (c6_ij / (rho6 + p6) + c8 / (rho6 * rho2 + p6 * p2)
                            + c10 / (rho6 * rho2 * rho2 + p6 * p2 * p2))
         rc = self.cutoff
         if rc is not None:

@@ -46,6 +46,7 @@ class Electrostatics(nn.Module):
             raise ValueError(f"electrostatics cutoff must be positive or None, got {cutoff}")
         self.cutoff = None if cutoff is None else float(cutoff)
         self.sigma = float(sigma)
+        self.coulomb_constant = COULOMB_CONSTANT
         self.switch_on = 0.0 if cutoff is None else switch_on_fraction * float(cutoff)
         self.shift = 0.0 if cutoff is None else _kernel(float(cutoff), sigma)
         self.shift_slope = 0.0 if cutoff is None else _kernel_derivative(float(cutoff), sigma)
@@ -72,5 +73,5 @@ class Electrostatics(nn.Module):
             shifted = kernel - self.shift
             shifted_force = shifted - self.shift_slope * (distances - rc)
             kernel = f * shifted + (1.0 - f) * shifted_force
-        pair = COULOMB_CONSTANT * charges.index_select(0, first) * charges.index_select(0, second) * kernel
+        pair = self.coulomb_constant * charges.index_select(0, first) * charges.index_select(0, second) * kernel
         return sum_per_structure(pair, pair_graph, num_graphs)

@@ -27,7 +27,9 @@ def _softplus_float32(x: float) -> np.float32:
 
 
 class ZBLRepulsion(nn.Module):
-    """Screened nuclear repulsion ``E = ½ Σ_(i,j) S(d; 0, d_off) · ke · φ(d) · Z_i Z_j / d · Σ_k c_k exp(−a_k d (Z_i^p + Z_j^p) s)``.
+    """Screened nuclear repulsion of SO3LR on the short-range graph.
+
+    ``E = ½ Σ_(i,j) S(d; 0, d_off) · ke · φ(d) · Z_i Z_j / d · Σ_k c_k exp(−a_k · d · (Z_i^p + Z_j^p) · s)``
 
     The universal ZBL screening function (J. F. Ziegler, J. P. Biersack, U. Littmark, *The Stopping and
     Range of Ions in Solids*, Pergamon 1985) with the four amplitudes c_k, exponents a_k, the power p
@@ -60,11 +62,13 @@ class ZBLRepulsion(nn.Module):
         c = c / c.sum(dtype=np.float32)
         p = _softplus_float32(p_raw)
         z_power = np.power(np.arange(num_elements, dtype=np.float32), p)
-        # Buffers hold float32 values; converting them to float64 (model.double()) is exact.
-        self.register_buffer("exponents", torch.from_numpy(a.astype(np.float64)))
-        self.register_buffer("amplitudes", torch.from_numpy(c.astype(np.float64)))
-        self.register_buffer("z_power", torch.from_numpy(z_power.astype(np.float64)))
+        # Buffers in the default dtype holding float32 values: any float dtype conversion keeps them exact.
+        dtype = torch.get_default_dtype()
+        self.register_buffer("exponents", torch.from_numpy(a).to(dtype))
+        self.register_buffer("amplitudes", torch.from_numpy(c).to(dtype))
+        self.register_buffer("z_power", torch.from_numpy(z_power).to(dtype))
         self.length_scale = float(_softplus_float32(d_raw))
+        self.coulomb_constant = COULOMB_CONSTANT
         self.cutoff = float(cutoff)
         self.switch_off = float(switch_off)
 
@@ -90,5 +94,5 @@ class ZBLRepulsion(nn.Module):
         screening = torch.exp(-scaled.unsqueeze(-1) * self.exponents) @ self.amplitudes
         charge_product = (z_i * z_j).to(distances.dtype)
         pair = (smooth_switch(distances, 0.0, self.switch_off) * polynomial_cutoff(distances, self.cutoff)
-                * (COULOMB_CONSTANT * charge_product / distances) * screening)
+                * (self.coulomb_constant * charge_product / distances) * screening)
         return 0.5 * sum_per_structure(pair, edge_graph, num_graphs)
