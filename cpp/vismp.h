@@ -1,0 +1,80 @@
+// Host side of the fused ViS-MP ops shared by the CPU launchers (cpp/vismp.cpp), the CUDA glue
+// (cuda/vismp_cuda.cpp) and the autograd wrappers (cpp/vismp_autograd.cpp): input checks and
+// contiguous views of the inputs.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <tuple>
+
+#include "vismp_kernel.h"
+
+namespace viskrates {
+
+// Graph tensors (int64, contiguous) of a receiver-sorted edge list and its transpose.
+struct VismpGraph {
+  at::Tensor row_ptr, receivers, senders, col_ptr, col_edges;
+  int64_t num_nodes = 0;
+  int64_t num_edges = 0;
+};
+
+// Checks the shapes, dtypes and devices of the graph tensors (c10::ValueError) and makes them contiguous.
+VismpGraph check_vismp_graph(const char* op, const at::Tensor& row_ptr, const at::Tensor& receivers,
+                             const at::Tensor& senders, const at::Tensor& col_ptr, const at::Tensor& col_edges);
+
+// Checks a floating-point feature tensor: `shape` gives the expected sizes (-1: any), the dtype and device
+// must be those of `like`. Returns it contiguous.
+at::Tensor check_vismp_features(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef shape,
+                                const at::Tensor& like);
+
+// Checked, contiguous inputs of vismp_vector_message (vectors and weights may be undefined).
+struct VectorMessageInputs {
+  VismpGraph graph;
+  at::Tensor vectors, scale, shift, harmonics, weights;
+  int64_t L = 0, C = 0;
+};
+
+VectorMessageInputs check_vector_message(const at::Tensor& row_ptr, const at::Tensor& receivers,
+                                         const at::Tensor& senders, const at::Tensor& col_ptr,
+                                         const at::Tensor& col_edges, const std::optional<at::Tensor>& vectors,
+                                         const at::Tensor& scale, const at::Tensor& shift,
+                                         const at::Tensor& harmonics, const std::optional<at::Tensor>& weights);
+
+// Checked, contiguous inputs of vismp_dihedral.
+struct DihedralInputs {
+  VismpGraph graph;
+  at::Tensor target, source, harmonics;
+  int64_t L = 0, C = 0;
+};
+
+DihedralInputs check_dihedral(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
+                              const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& target,
+                              const at::Tensor& source, const at::Tensor& harmonics);
+
+// Checked inputs of vismp_attention: query, key, value contiguous; the edge filters may be row-strided
+// (unit column stride), e.g. column blocks of one [E, 3C] projection.
+struct AttentionInputs {
+  VismpGraph graph;
+  at::Tensor query, key, value, key_filter, value_filter, weights;
+  int64_t C = 0, H = 0;
+};
+
+AttentionInputs check_attention(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
+                                const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& query,
+                                const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_filter,
+                                const at::Tensor& value_filter, const at::Tensor& weights, int64_t num_heads);
+
+template <typename T>
+vismp::Attention<T> attention_params(const AttentionInputs& in) {
+  return {in.query.data_ptr<T>(),        in.key.data_ptr<T>(),          in.value.data_ptr<T>(),
+          in.key_filter.data_ptr<T>(),   in.value_filter.data_ptr<T>(), in.weights.data_ptr<T>(),
+          in.C,                          in.C / in.H,                   in.key_filter.stride(0),
+          in.value_filter.stride(0)};
+}
+
+using AttentionGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using VectorMessageGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using DihedralGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+}  // namespace viskrates

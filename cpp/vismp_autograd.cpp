@@ -1,0 +1,167 @@
+// Autograd of the fused ViS-MP ops in C++, so that TorchScript models (e.g. inside OpenMM's TorchForce)
+// get forces without Python. The backward recomputes what it needs from the saved inputs (no per-edge
+// [E, L, C] intermediates are kept) and calls the *_backward ops, dispatched to the CPU or CUDA launcher.
+// The backward is not itself differentiable: under create_graph=True it raises instead of silently
+// returning gradients without a graph (train with forces on the reference backend).
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <optional>
+
+#include "vismp.h"
+
+namespace viskrates {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+void check_no_double_backward(const char* op) {
+  TORCH_CHECK(!at::GradMode::is_enabled(), op,
+              ": double backward (create_graph=True) is not implemented by the fused kernels; use the "
+              "reference backend (ViSNet(..., backend='reference')) to train on forces");
+}
+
+std::optional<at::Tensor> optional_of(const at::Tensor& t) {
+  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+
+class VectorMessageFunction : public torch::autograd::Function<VectorMessageFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& row_ptr, const at::Tensor& receivers,
+                            const at::Tensor& senders, const at::Tensor& col_ptr, const at::Tensor& col_edges,
+                            const std::optional<at::Tensor>& vectors, const at::Tensor& scale,
+                            const at::Tensor& shift, const at::Tensor& harmonics,
+                            const std::optional<at::Tensor>& weights) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("viskrates::vismp_vector_message", "")
+                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                 const at::Tensor&, const at::Tensor&,
+                                                 const std::optional<at::Tensor>&, const at::Tensor&,
+                                                 const at::Tensor&, const at::Tensor&,
+                                                 const std::optional<at::Tensor>&)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    const at::Tensor v = vectors.has_value() ? *vectors : at::Tensor();
+    const at::Tensor w = weights.has_value() ? *weights : at::Tensor();
+    ctx->save_for_backward({row_ptr, receivers, senders, col_ptr, col_edges, v, scale, shift, harmonics, w});
+    return op.call(row_ptr, receivers, senders, col_ptr, col_edges, vectors, scale, shift, harmonics, weights);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    check_no_double_backward("viskrates::vismp_vector_message");
+    static const auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("viskrates::vismp_vector_message_backward", "")
+            .typed<VectorMessageGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                      const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                      const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                      const std::optional<at::Tensor>&)>();
+    const variable_list s = ctx->get_saved_variables();
+    auto [gv, gs1, gs2, gy, gw] = op.call(grad_outputs[0].contiguous(), s[0], s[1], s[2], s[3], s[4],
+                                          optional_of(s[5]), s[6], s[7], s[8], optional_of(s[9]));
+    // inputs: row_ptr, receivers, senders, col_ptr, col_edges, vectors, scale, shift, harmonics, weights
+    return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), gv, gs1, gs2, gy, gw};
+  }
+};
+
+class DihedralFunction : public torch::autograd::Function<DihedralFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& row_ptr, const at::Tensor& receivers,
+                            const at::Tensor& senders, const at::Tensor& col_ptr, const at::Tensor& col_edges,
+                            const at::Tensor& target, const at::Tensor& source, const at::Tensor& harmonics) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("viskrates::vismp_dihedral", "")
+                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                 const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                 const at::Tensor&, const at::Tensor&)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({row_ptr, receivers, senders, col_ptr, col_edges, target, source, harmonics});
+    return op.call(row_ptr, receivers, senders, col_ptr, col_edges, target, source, harmonics);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    check_no_double_backward("viskrates::vismp_dihedral");
+    static const auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("viskrates::vismp_dihedral_backward", "")
+            .typed<DihedralGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                 const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                 const at::Tensor&)>();
+    const variable_list s = ctx->get_saved_variables();
+    auto [gt, gs, gy] = op.call(grad_outputs[0].contiguous(), s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]);
+    return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), gt, gs, gy};
+  }
+};
+
+class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& row_ptr, const at::Tensor& receivers,
+                            const at::Tensor& senders, const at::Tensor& col_ptr, const at::Tensor& col_edges,
+                            const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                            const at::Tensor& key_filter, const at::Tensor& value_filter, const at::Tensor& weights,
+                            int64_t num_heads) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("viskrates::vismp_attention", "")
+                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                 const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                 const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                 const at::Tensor&, const at::Tensor&, int64_t)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward(
+        {row_ptr, receivers, senders, col_ptr, col_edges, query, key, value, key_filter, value_filter, weights});
+    ctx->saved_data["num_heads"] = num_heads;
+    return op.call(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value, key_filter, value_filter,
+                   weights, num_heads);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    check_no_double_backward("viskrates::vismp_attention");
+    static const auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("viskrates::vismp_attention_backward", "")
+            .typed<AttentionGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                  const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                  const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                  int64_t)>();
+    const variable_list s = ctx->get_saved_variables();
+    auto [gq, gk, gv, gdk, gdv, gw] = op.call(grad_outputs[0].contiguous(), s[0], s[1], s[2], s[3], s[4], s[5], s[6],
+                                              s[7], s[8], s[9], s[10], ctx->saved_data["num_heads"].toInt());
+    return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), gq, gk, gv, gdk, gdv, gw,
+            at::Tensor()};
+  }
+};
+
+at::Tensor attention_autograd(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
+                              const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& query,
+                              const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_filter,
+                              const at::Tensor& value_filter, const at::Tensor& weights, int64_t num_heads) {
+  return AttentionFunction::apply(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value, key_filter,
+                                  value_filter, weights, num_heads);
+}
+
+at::Tensor vector_message_autograd(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
+                                   const at::Tensor& col_ptr, const at::Tensor& col_edges,
+                                   const std::optional<at::Tensor>& vectors, const at::Tensor& scale,
+                                   const at::Tensor& shift, const at::Tensor& harmonics,
+                                   const std::optional<at::Tensor>& weights) {
+  return VectorMessageFunction::apply(row_ptr, receivers, senders, col_ptr, col_edges, vectors, scale, shift,
+                                      harmonics, weights);
+}
+
+at::Tensor dihedral_autograd(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
+                             const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& target,
+                             const at::Tensor& source, const at::Tensor& harmonics) {
+  return DihedralFunction::apply(row_ptr, receivers, senders, col_ptr, col_edges, target, source, harmonics);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(viskrates, Autograd, m) {
+  m.impl("vismp_vector_message", &vector_message_autograd);
+  m.impl("vismp_dihedral", &dihedral_autograd);
+  m.impl("vismp_attention", &attention_autograd);
+}
+
+}  // namespace viskrates

@@ -1,0 +1,195 @@
+// Tensor glue of the fused ViS-MP CUDA ops (compiled by the C++ compiler): input checks from
+// cpp/vismp.cpp, kernels from cuda/vismp.cu.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "vismp.h"
+#include "vismp_cuda.h"
+
+namespace viskrates {
+namespace {
+
+void check_launch(cudaError_t status, const char* op) {
+  TORCH_CHECK(status == cudaSuccess, op, ": kernel launch failed: ", cudaGetErrorString(status));
+}
+
+template <typename T>
+vismp::Graph<T> graph_pointers(const VismpGraph& g) {
+  return {g.row_ptr.data_ptr<int64_t>(), g.receivers.data_ptr<int64_t>(), g.senders.data_ptr<int64_t>(),
+          g.col_ptr.data_ptr<int64_t>(), g.col_edges.data_ptr<int64_t>()};
+}
+
+template <typename T>
+vismp::VectorMessage<T> vector_message_pointers(const VectorMessageInputs& in) {
+  return {in.vectors.defined() ? in.vectors.data_ptr<T>() : nullptr,
+          in.scale.data_ptr<T>(),
+          in.shift.data_ptr<T>(),
+          in.harmonics.data_ptr<T>(),
+          in.weights.defined() ? in.weights.data_ptr<T>() : nullptr,
+          in.L,
+          in.C};
+}
+
+cudaStream_t stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
+
+at::Tensor vector_message_cuda(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
+                               const at::Tensor& col_ptr, const at::Tensor& col_edges,
+                               const std::optional<at::Tensor>& vectors, const at::Tensor& scale,
+                               const at::Tensor& shift, const at::Tensor& harmonics,
+                               const std::optional<at::Tensor>& weights) {
+  const c10::cuda::CUDAGuard guard(scale.device());
+  const VectorMessageInputs in =
+      check_vector_message(row_ptr, receivers, senders, col_ptr, col_edges, vectors, scale, shift, harmonics, weights);
+  const int64_t n = in.graph.num_nodes;
+  at::Tensor out = at::empty({n, in.L, in.C}, in.scale.options());
+  if (n == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(in.scale.scalar_type(), "vismp_vector_message_cuda", [&] {
+    check_launch(cuda::launch_vector_message<scalar_t>(graph_pointers<scalar_t>(in.graph), n,
+                                                       vector_message_pointers<scalar_t>(in),
+                                                       out.data_ptr<scalar_t>(), stream_of(out)),
+                 "viskrates::vismp_vector_message");
+  });
+  return out;
+}
+
+VectorMessageGrads vector_message_backward_cuda(const at::Tensor& grad, const at::Tensor& row_ptr,
+                                                const at::Tensor& receivers, const at::Tensor& senders,
+                                                const at::Tensor& col_ptr, const at::Tensor& col_edges,
+                                                const std::optional<at::Tensor>& vectors, const at::Tensor& scale,
+                                                const at::Tensor& shift, const at::Tensor& harmonics,
+                                                const std::optional<at::Tensor>& weights) {
+  const c10::cuda::CUDAGuard guard(scale.device());
+  const VectorMessageInputs in =
+      check_vector_message(row_ptr, receivers, senders, col_ptr, col_edges, vectors, scale, shift, harmonics, weights);
+  const int64_t n = in.graph.num_nodes, num_edges = in.graph.num_edges;
+  const at::Tensor g = check_vismp_features("viskrates::vismp_vector_message_backward", "grad", grad,
+                                            {n, in.L, in.C}, in.scale);
+  const bool has_vectors = in.vectors.defined();
+  at::Tensor grad_vectors = has_vectors ? at::empty({n, in.L, in.C}, g.options()) : at::Tensor();
+  at::Tensor grad_scale = has_vectors ? at::empty({num_edges, in.C}, g.options()) : at::zeros_like(in.scale);
+  at::Tensor grad_shift = at::empty({num_edges, in.C}, g.options());
+  at::Tensor grad_harmonics = at::empty({num_edges, in.L}, g.options());
+  at::Tensor grad_weights = at::empty({num_edges}, g.options());
+  if (n > 0) {
+    AT_DISPATCH_FLOATING_TYPES(in.scale.scalar_type(), "vismp_vector_message_backward_cuda", [&] {
+      check_launch(cuda::launch_vector_message_backward<scalar_t>(
+                       graph_pointers<scalar_t>(in.graph), n, vector_message_pointers<scalar_t>(in),
+                       g.data_ptr<scalar_t>(), has_vectors ? grad_vectors.data_ptr<scalar_t>() : nullptr,
+                       has_vectors ? grad_scale.data_ptr<scalar_t>() : nullptr, grad_shift.data_ptr<scalar_t>(),
+                       grad_harmonics.data_ptr<scalar_t>(), grad_weights.data_ptr<scalar_t>(), stream_of(g)),
+                   "viskrates::vismp_vector_message_backward");
+    });
+  }
+  return {grad_vectors, grad_scale, grad_shift, grad_harmonics, in.weights.defined() ? grad_weights : at::Tensor()};
+}
+
+at::Tensor dihedral_cuda(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
+                         const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& target,
+                         const at::Tensor& source, const at::Tensor& harmonics) {
+  const c10::cuda::CUDAGuard guard(target.device());
+  const DihedralInputs in = check_dihedral(row_ptr, receivers, senders, col_ptr, col_edges, target, source, harmonics);
+  const int64_t n = in.graph.num_nodes;
+  at::Tensor out = at::empty({in.graph.num_edges, in.C}, in.target.options());
+  if (n == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(in.target.scalar_type(), "vismp_dihedral_cuda", [&] {
+    const vismp::Dihedral<scalar_t> p{in.target.data_ptr<scalar_t>(), in.source.data_ptr<scalar_t>(),
+                                      in.harmonics.data_ptr<scalar_t>(), in.L, in.C};
+    check_launch(cuda::launch_dihedral<scalar_t>(graph_pointers<scalar_t>(in.graph), n, p, out.data_ptr<scalar_t>(),
+                                                 stream_of(out)),
+                 "viskrates::vismp_dihedral");
+  });
+  return out;
+}
+
+DihedralGrads dihedral_backward_cuda(const at::Tensor& grad, const at::Tensor& row_ptr, const at::Tensor& receivers,
+                                     const at::Tensor& senders, const at::Tensor& col_ptr, const at::Tensor& col_edges,
+                                     const at::Tensor& target, const at::Tensor& source, const at::Tensor& harmonics) {
+  const c10::cuda::CUDAGuard guard(target.device());
+  const DihedralInputs in = check_dihedral(row_ptr, receivers, senders, col_ptr, col_edges, target, source, harmonics);
+  const int64_t n = in.graph.num_nodes;
+  const at::Tensor g = check_vismp_features("viskrates::vismp_dihedral_backward", "grad", grad,
+                                            {in.graph.num_edges, in.C}, in.target);
+  at::Tensor grad_target = at::zeros({n, in.L, in.C}, g.options());  // accumulated in place by the kernel
+  at::Tensor grad_source = at::empty({n, in.L, in.C}, g.options());
+  at::Tensor grad_harmonics = at::empty({in.graph.num_edges, in.L}, g.options());
+  if (n > 0) {
+    AT_DISPATCH_FLOATING_TYPES(in.target.scalar_type(), "vismp_dihedral_backward_cuda", [&] {
+      const vismp::Dihedral<scalar_t> p{in.target.data_ptr<scalar_t>(), in.source.data_ptr<scalar_t>(),
+                                        in.harmonics.data_ptr<scalar_t>(), in.L, in.C};
+      check_launch(cuda::launch_dihedral_backward<scalar_t>(graph_pointers<scalar_t>(in.graph), n, p,
+                                                            g.data_ptr<scalar_t>(), grad_target.data_ptr<scalar_t>(),
+                                                            grad_source.data_ptr<scalar_t>(),
+                                                            grad_harmonics.data_ptr<scalar_t>(), stream_of(g)),
+                   "viskrates::vismp_dihedral_backward");
+    });
+  }
+  return {grad_target, grad_source, grad_harmonics};
+}
+
+at::Tensor attention_cuda(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
+                          const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& query,
+                          const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_filter,
+                          const at::Tensor& value_filter, const at::Tensor& weights, int64_t num_heads) {
+  const c10::cuda::CUDAGuard guard(query.device());
+  const AttentionInputs in = check_attention(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value,
+                                             key_filter, value_filter, weights, num_heads);
+  const int64_t n = in.graph.num_nodes;
+  at::Tensor out = at::empty({in.graph.num_edges, in.C}, in.query.options());
+  if (n == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(in.query.scalar_type(), "vismp_attention_cuda", [&] {
+    check_launch(cuda::launch_attention<scalar_t>(graph_pointers<scalar_t>(in.graph), n, in.H,
+                                                  attention_params<scalar_t>(in), out.data_ptr<scalar_t>(),
+                                                  stream_of(out)),
+                 "viskrates::vismp_attention");
+  });
+  return out;
+}
+
+AttentionGrads attention_backward_cuda(const at::Tensor& grad, const at::Tensor& row_ptr, const at::Tensor& receivers,
+                                       const at::Tensor& senders, const at::Tensor& col_ptr,
+                                       const at::Tensor& col_edges, const at::Tensor& query, const at::Tensor& key,
+                                       const at::Tensor& value, const at::Tensor& key_filter,
+                                       const at::Tensor& value_filter, const at::Tensor& weights, int64_t num_heads) {
+  const c10::cuda::CUDAGuard guard(query.device());
+  const AttentionInputs in = check_attention(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value,
+                                             key_filter, value_filter, weights, num_heads);
+  const int64_t n = in.graph.num_nodes, num_edges = in.graph.num_edges, C = in.C;
+  const at::Tensor g = check_vismp_features("viskrates::vismp_attention_backward", "grad", grad, {num_edges, C},
+                                            in.query);
+  at::Tensor grad_query = at::zeros({n, C}, g.options());
+  at::Tensor grad_key = at::zeros({n, C}, g.options());
+  at::Tensor grad_value = at::zeros({n, C}, g.options());
+  at::Tensor grad_key_filter = at::empty({num_edges, C}, g.options());
+  at::Tensor grad_value_filter = at::empty({num_edges, C}, g.options());
+  at::Tensor grad_weight_heads = at::empty({num_edges, in.H}, g.options());
+  if (n > 0) {
+    AT_DISPATCH_FLOATING_TYPES(in.query.scalar_type(), "vismp_attention_backward_cuda", [&] {
+      check_launch(cuda::launch_attention_backward<scalar_t>(
+                       graph_pointers<scalar_t>(in.graph), n, in.H, attention_params<scalar_t>(in),
+                       g.data_ptr<scalar_t>(), grad_query.data_ptr<scalar_t>(), grad_key.data_ptr<scalar_t>(),
+                       grad_value.data_ptr<scalar_t>(), grad_key_filter.data_ptr<scalar_t>(),
+                       grad_value_filter.data_ptr<scalar_t>(), grad_weight_heads.data_ptr<scalar_t>(), stream_of(g)),
+                   "viskrates::vismp_attention_backward");
+    });
+  }
+  return {grad_query, grad_key, grad_value, grad_key_filter, grad_value_filter, grad_weight_heads.sum(1)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(viskrates, CUDA, m) {
+  m.impl("vismp_attention", &attention_cuda);
+  m.impl("vismp_attention_backward", &attention_backward_cuda);
+  m.impl("vismp_vector_message", &vector_message_cuda);
+  m.impl("vismp_vector_message_backward", &vector_message_backward_cuda);
+  m.impl("vismp_dihedral", &dihedral_cuda);
+  m.impl("vismp_dihedral_backward", &dihedral_backward_cuda);
+}
+
+}  // namespace viskrates

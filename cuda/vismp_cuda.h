@@ -1,0 +1,52 @@
+// Launchers of the fused ViS-MP CUDA kernels (cuda/vismp.cu). Raw pointers and streams only, so that nvcc
+// compiles the kernels without torch headers; the tensor glue is in cuda/vismp_cuda.cpp. Each launcher
+// returns the launch status. Vector messages and dihedral term: one warp per receiver (forward, per-edge
+// gradients) or per sender (gradients of the senders' features), lanes take channels lane, lane + 32, ...
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "vismp_kernel.h"
+
+namespace viskrates {
+namespace cuda {
+
+// out [N, L, C] = V.
+template <typename T>
+cudaError_t launch_vector_message(const vismp::Graph<T>& graph, int64_t n, const vismp::VectorMessage<T>& p, T* out,
+                                  cudaStream_t stream);
+
+// grad_vectors [N, L, C] (skipped when p.vectors is null), grad_scale [E, C] (idem), grad_shift [E, C],
+// grad_harmonics [E, L], grad_weights [E] from g = dL/dV.
+template <typename T>
+cudaError_t launch_vector_message_backward(const vismp::Graph<T>& graph, int64_t n, const vismp::VectorMessage<T>& p,
+                                           const T* g, T* grad_vectors, T* grad_scale, T* grad_shift,
+                                           T* grad_harmonics, T* grad_weights, cudaStream_t stream);
+
+// out [E, C] = r.
+template <typename T>
+cudaError_t launch_dihedral(const vismp::Graph<T>& graph, int64_t n, const vismp::Dihedral<T>& p, T* out,
+                            cudaStream_t stream);
+
+// grad_target (must be zero on entry), grad_source [N, L, C], grad_harmonics [E, L] from g = dL/dr.
+template <typename T>
+cudaError_t launch_dihedral_backward(const vismp::Graph<T>& graph, int64_t n, const vismp::Dihedral<T>& p, const T* g,
+                                     T* grad_target, T* grad_source, T* grad_harmonics, cudaStream_t stream);
+
+// out [E, C] = attention messages m. One thread per (receiver, head).
+template <typename T>
+cudaError_t launch_attention(const vismp::Graph<T>& graph, int64_t n, int64_t heads, const vismp::Attention<T>& p,
+                             T* out, cudaStream_t stream);
+
+// grad_query, grad_key, grad_value [N, C] (zero on entry), grad_key_filter, grad_value_filter [E, C] and
+// grad_weight_heads [E, H] (per-head shares of dL/dw, summed by the caller) from g = dL/dm.
+template <typename T>
+cudaError_t launch_attention_backward(const vismp::Graph<T>& graph, int64_t n, int64_t heads,
+                                      const vismp::Attention<T>& p, const T* g, T* grad_query, T* grad_key,
+                                      T* grad_value, T* grad_key_filter, T* grad_value_filter, T* grad_weight_heads,
+                                      cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace viskrates
