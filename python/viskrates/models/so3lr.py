@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..elements import ELEMENT_SYMBOLS, describe_element
 from ..ops import neighbor_list
 from ..physics.dispersion import FREE_ATOM_REFERENCE, QDODispersion
 from ..physics.electrostatics import Electrostatics
@@ -27,18 +28,7 @@ PRETRAINED_PARAMETERS = os.path.join(os.path.dirname(os.path.dirname(os.path.abs
 SHORT_RANGE_CUTOFF = 4.5
 """Cutoff of SO3LR's message passing and ZBL term (Å)."""
 
-_ELEMENT_SYMBOLS = (
-    "X H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Br Kr Rb "
-    "Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er Tm Yb Lu Hf "
-    "Ta W Re Os Ir Pt Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U Np Pu Am Cm Bk Cf Es Fm Md No Lr Rf Db Sg Bh "
-    "Hs Mt Ds Rg Cn Nh Fl Mc Lv Ts Og").split()
-_NUM_ELEMENTS = 119
-
-
-def _element_name(z: int, symbols: List[str]) -> str:
-    if 0 < z < len(symbols):
-        return symbols[z] + " (Z=" + str(z) + ")"
-    return "Z=" + str(z)
+_NUM_ELEMENTS = len(ELEMENT_SYMBOLS)
 
 
 class SO3LR(nn.Module):
@@ -108,7 +98,7 @@ class SO3LR(nn.Module):
         self.sr_cutoff = SHORT_RANGE_CUTOFF
         self.cutoff = SHORT_RANGE_CUTOFF if lr_cutoff is None else max(SHORT_RANGE_CUTOFF, float(lr_cutoff))
         self.supported_elements = sorted(FREE_ATOM_REFERENCE.keys())
-        self._symbols = list(_ELEMENT_SYMBOLS)
+        self._symbols = list(ELEMENT_SYMBOLS)
         supported = torch.zeros(_NUM_ELEMENTS, dtype=torch.bool)
         supported[self.supported_elements] = True
         self.register_buffer("element_supported", supported, persistent=False)
@@ -226,7 +216,7 @@ class SO3LR(nn.Module):
         known = in_table & self.element_supported.index_select(0, atomic_numbers.clamp(0, table_size - 1))
         if not bool(known.all()):
             bad: List[int] = torch.unique(atomic_numbers[~known]).tolist()
-            names = ", ".join([_element_name(z, self._symbols) for z in bad])
+            names = ", ".join([describe_element(z, self._symbols) for z in bad])
             allowed = ", ".join([self._symbols[z] for z in self.supported_elements])
             noun = "element " if len(bad) == 1 else "elements "
             raise ValueError("SO3LR has no parameters for " + noun + names + "; supported: " + allowed

@@ -32,16 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..elements import ELEMENT_SYMBOLS, describe_element
 from ..nn.cutoff import cosine_cutoff
 from ..nn.radial import ExpNormalSmearing
 from ..nn.vismp import ViSMPLayer, edge_directions, segment_sum, spherical_harmonics, xavier_blocks
 from ..ops import neighbor_list, vismp_graph
-
-_ELEMENT_SYMBOLS = (
-    "X H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Br Kr "
-    "Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er Tm Yb "
-    "Lu Hf Ta W Re Os Ir Pt Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U Np Pu Am Cm Bk Cf Es Fm Md No Lr Rf "
-    "Db Sg Bh Hs Mt Ds Rg Cn Nh Fl Mc Lv Ts Og").split()
 
 # PyG parameters that provably never influence the energy and have no counterpart here: the vector
 # output of the last gated block (PyG adds 0·Σv') and the initial copy of the atom reference.
@@ -182,7 +177,7 @@ class ViSNet(nn.Module):
         self.vector_cutoff = vector_cutoff
         self.backend = backend
         self.supported_elements: List[int] = list(range(1, max_z))
-        self.element_symbols: List[str] = list(_ELEMENT_SYMBOLS)
+        self.element_symbols: List[str] = list(ELEMENT_SYMBOLS)
 
         c = hidden_channels
         self.embedding = nn.Embedding(max_z, c)
@@ -231,12 +226,7 @@ class ViSNet(nn.Module):
         bad = (atomic_numbers < 1) | (atomic_numbers >= self.max_z)
         if bool(bad.any()):
             unknown: List[int] = torch.unique(atomic_numbers[bad]).tolist()
-            names: List[str] = []
-            for z in unknown:
-                if 0 < z < len(self.element_symbols):
-                    names.append(self.element_symbols[z] + " (Z=" + str(z) + ")")
-                else:
-                    names.append("Z=" + str(z))
+            names = [describe_element(z, self.element_symbols) for z in unknown]
             raise ValueError("ViSNet cannot evaluate element(s) " + ", ".join(names) + "; it supports Z = 1.."
                              + str(self.max_z - 1) + " (" + self.element_symbols[1] + ".."
                              + self.element_symbols[min(self.max_z - 1, len(self.element_symbols) - 1)]

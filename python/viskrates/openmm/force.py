@@ -13,17 +13,12 @@ import openmm.app
 import torch
 from torch import Tensor
 
+from ..elements import ELEMENT_SYMBOLS
 from ..units import EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM
-
-_SYMBOLS = ("X H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se "
-            "Br Kr Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd Tb Dy "
-            "Ho Er Tm Yb Lu Hf Ta W Re Os Ir Pt Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U Np Pu Am Cm Bk Cf "
-            "Es Fm Md No Lr Rf Db Sg Bh Hs Mt Ds Rg Cn Nh Fl Mc Lv Ts Og").split()
-
 
 def element_symbol(atomic_number: int) -> str:
     """Chemical symbol of ``atomic_number`` (1..118); ``'Z=<n>'`` for anything else."""
-    return _SYMBOLS[atomic_number] if 0 < atomic_number < len(_SYMBOLS) else f"Z={atomic_number}"
+    return ELEMENT_SYMBOLS[atomic_number] if 0 < atomic_number < len(ELEMENT_SYMBOLS) else f"Z={atomic_number}"
 
 
 def check_elements(model: torch.nn.Module, atomic_numbers: Sequence[int], model_name: str = "the model") -> None:
