@@ -8,6 +8,7 @@ import csv as csv_module
 import dataclasses
 import os
 import shutil
+import sys
 import tempfile
 import time
 from typing import List, Optional
@@ -201,6 +202,18 @@ def _read_log(path: str) -> dict:
     return {name: values[:, i] for i, name in enumerate(header)}
 
 
+def _run_steps(simulation: app.Simulation, steps: int, chunk_size: int, progress: bool) -> None:
+    from tqdm import tqdm
+
+    with tqdm(total=steps, unit="step", disable=not progress) as bar:
+        done = 0
+        while done < steps:
+            chunk = min(chunk_size, steps - done)
+            simulation.step(chunk)
+            done += chunk
+            bar.update(chunk)
+
+
 def run_simulation(settings: SimulationSettings) -> dict:
     """Run the main job and write ``trajectory.dcd``, ``log.csv`` and ``final.pdb`` into ``output_dir``.
 
@@ -210,11 +223,18 @@ def run_simulation(settings: SimulationSettings) -> dict:
         Summary dict: ``ns_per_day``, ``total_energy_mean``/``_std`` (kJ/mol), ``temperature_mean``/``_std``
         (K), ``n_atoms``, ``n_ml_atoms`` and the output paths.
     """
-    from tqdm import tqdm
-
     if settings.steps < 1 or settings.report_interval < 1:
         raise ValueError("steps and report_interval must be positive")
+
+    def stage(message: str) -> None:
+        # The set-up (fixing, solvation, minimisation) takes minutes on a CPU; say what is running.
+        if settings.progress:
+            print(f"[viskrates] {message}", file=sys.stderr, flush=True)
+
+    stage(f"preparing {settings.structure} (PDBFixer: {'on' if settings.fix else 'off'}), solvating, building "
+          f"the System ({settings.model} on the {settings.ml_region!r} ML region)")
     topology, positions, system, ml_atoms = build_system(settings)
+    stage(f"{topology.getNumAtoms()} atoms, {len(ml_atoms)} in the ML region")
     timestep = settings.timestep_fs or (0.5 if settings.ml_region == "all" else 1.0)
     integrator = openmm.LangevinMiddleIntegrator(settings.temperature_k * unit.kelvin,
                                                  settings.friction_per_ps / unit.picosecond,
@@ -223,9 +243,12 @@ def run_simulation(settings: SimulationSettings) -> dict:
     platform = openmm.Platform.getPlatformByName(settings.platform)
     simulation = app.Simulation(topology, system, integrator, platform)
     simulation.context.setPositions(positions)
+    stage(f"minimising (at most {settings.minimize_iterations} iterations)")
     simulation.minimizeEnergy(maxIterations=settings.minimize_iterations)
     simulation.context.setVelocitiesToTemperature(settings.temperature_k * unit.kelvin, settings.seed)
-    simulation.step(settings.equilibration_steps)
+    stage(f"equilibrating ({settings.equilibration_steps} steps of {timestep} fs)")
+    _run_steps(simulation, settings.equilibration_steps, settings.report_interval, settings.progress)
+    stage(f"production ({settings.steps} steps of {timestep} fs)")
 
     os.makedirs(settings.output_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".partial-", dir=settings.output_dir)
@@ -238,13 +261,7 @@ def run_simulation(settings: SimulationSettings) -> dict:
                 log, settings.report_interval, step=True, time=True, potentialEnergy=True, kineticEnergy=True,
                 totalEnergy=True, temperature=True, speed=True))
             start = time.perf_counter()
-            with tqdm(total=settings.steps, unit="step", disable=not settings.progress) as bar:
-                done = 0
-                while done < settings.steps:
-                    chunk = min(settings.report_interval, settings.steps - done)
-                    simulation.step(chunk)
-                    done += chunk
-                    bar.update(chunk)
+            _run_steps(simulation, settings.steps, settings.report_interval, settings.progress)
             elapsed = time.perf_counter() - start
         simulation.reporters.clear()
         state = simulation.context.getState(getPositions=True, enforcePeriodicBox=True)
