@@ -11,7 +11,8 @@
 // Filters are indexed per edge through filter_index so that both directions of a pair can share one row
 // (the SO3krates filters depend on |r_ij| and on per-degree norms of ev_j − ev_i only, so w_ij = w_ji).
 //
-// Every function handles one (edge, head) pair, so the CPU launcher (cpp/euclidean_attention.cpp) loops
+// Every function handles one (edge, head) pair and takes the head width D as a template constant kD (0: the
+// runtime p.D) so that the CPU launcher's loops over D = 32 unroll and vectorise; so the CPU launcher (cpp/euclidean_attention.cpp) loops
 // over heads and the CUDA launcher (cuda/euclidean_attention.cu) gives one thread per (atom, head). The
 // backward runs three gathering passes, each output element having exactly one writer (deterministic, no
 // atomics): per receiver (query and harmonic gradients, per-edge scalars), per sender (key and value
@@ -23,6 +24,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #ifndef VISKRATES_HD
 #if defined(__CUDACC__)
@@ -47,6 +49,19 @@ struct Graph {
   const int64_t* filter_ptr;    // [P + 1]
   const int64_t* filter_edges;  // [E]
 };
+
+// Calls f(std::integral_constant<int, kD>()) with kD = D for the head widths the CPU launcher specialises
+// (SO3LR: 32), else kD = 0 (runtime width).
+template <typename F>
+inline void with_head_width(int64_t D, F&& f) {
+  if (D == 32) {
+    f(std::integral_constant<int, 32>());
+  } else if (D == 16) {
+    f(std::integral_constant<int, 16>());
+  } else {
+    f(std::integral_constant<int, 0>());
+  }
+}
 
 template <typename T>
 struct Params {
@@ -74,8 +89,9 @@ struct EdgeScalars {
 };
 
 // Σ_a q_i,h,a w_f,h,a k_j,h,a for one branch.
-template <typename T>
-VISKRATES_HD T triple_product(const T* q, const T* w, const T* k, int64_t D) {
+template <int kD, typename T>
+VISKRATES_HD T triple_product(const T* q, const T* w, const T* k, int64_t runtime_D) {
+  const int64_t D = kD > 0 ? kD : runtime_D;
   T sum = T(0);
   for (int64_t a = 0; a < D; ++a) sum += q[a] * w[a] * k[a];
   return sum;
@@ -83,18 +99,18 @@ VISKRATES_HD T triple_product(const T* q, const T* w, const T* k, int64_t D) {
 
 // Forward contribution of edge e (receiver i, sender j) to head h: dx_ih[a] += α1 v1_j,h,a and, for h < L,
 // dev_i[c] += α2 Y_e,c over the components c of degree h + 1. dx_ih points at Δx_i,h,0; dev_i at Δev_i,0.
-template <typename T>
+template <int kD, typename T>
 VISKRATES_HD void forward_edge_head(const Params<T>& p, int64_t e, int64_t i, int64_t j, int64_t h, T* dx_ih,
                                     T* dev_i) {
-  const int64_t D = p.D;
+  const int64_t D = kD > 0 ? kD : p.D;
   const int64_t f = p.filter_index[e];
   const T s = p.cutoff[e] * p.inv_norm;
-  const T a1 = s * triple_product(p.x_query + (i * p.H + h) * D, p.x_filter + (f * p.H + h) * D,
+  const T a1 = s * triple_product<kD>(p.x_query + (i * p.H + h) * D, p.x_filter + (f * p.H + h) * D,
                                   p.x_key + (j * p.H + h) * D, D);
   const T* v = p.x_value + (j * p.H + h) * D;
   for (int64_t a = 0; a < D; ++a) dx_ih[a] += a1 * v[a];
   if (h < p.L) {
-    const T a2 = s * triple_product(p.ev_query + (i * p.L + h) * D, p.ev_filter + (f * p.L + h) * D,
+    const T a2 = s * triple_product<kD>(p.ev_query + (i * p.L + h) * D, p.ev_filter + (f * p.L + h) * D,
                                     p.ev_key + (j * p.L + h) * D, D);
     const T* y = p.harmonics + e * p.C;
     for (int64_t c = (h + 1) * (h + 1) - 1; c < (h + 2) * (h + 2) - 1; ++c) dev_i[c] += a2 * y[c];
@@ -104,11 +120,11 @@ VISKRATES_HD void forward_edge_head(const Params<T>& p, int64_t e, int64_t i, in
 // Receiver pass of the backward for edge e, head h, with upstream gradients g_dx [N, H, D], g_dev [N, C]:
 // adds to the query gradients of receiver i (gq1_ih at ∂L/∂q1_i,h,0, gq2_ih at ∂L/∂q2_i,h,0), writes
 // ∂L/∂Y_e,c for the components of degree h + 1 and the per-edge scalars of (e, h).
-template <typename T>
+template <int kD, typename T>
 VISKRATES_HD void backward_receiver_edge_head(const Params<T>& p, const T* g_dx, const T* g_dev, int64_t e,
                                               int64_t i, int64_t j, int64_t h, T* gq1_ih, T* gq2_ih,
                                               T* grad_harmonics, const EdgeScalars<T>& out) {
-  const int64_t D = p.D;
+  const int64_t D = kD > 0 ? kD : p.D;
   const int64_t f = p.filter_index[e];
   const T s = p.cutoff[e] * p.inv_norm;
   {
@@ -131,7 +147,7 @@ VISKRATES_HD void backward_receiver_edge_head(const Params<T>& p, const T* g_dx,
     const T* q = p.ev_query + (i * p.L + h) * D;
     const T* w = p.ev_filter + (f * p.L + h) * D;
     const T* k = p.ev_key + (j * p.L + h) * D;
-    const T score = triple_product(q, w, k, D);
+    const T score = triple_product<kD>(q, w, k, D);
     const T a2 = s * score;
     const T* y = p.harmonics + e * p.C;
     const T* g = g_dev + i * p.C;
@@ -157,10 +173,10 @@ VISKRATES_HD T cutoff_grad_edge(const Params<T>& p, const EdgeScalars<T>& sc, in
 }
 
 // Sender pass for edge e (receiver i, sender j), head h: adds ∂L/∂k1_j,h, ∂L/∂v1_j,h and (h < L) ∂L/∂k2_j,h.
-template <typename T>
+template <int kD, typename T>
 VISKRATES_HD void backward_sender_edge_head(const Params<T>& p, const T* g_dx, const EdgeScalars<T>& sc, int64_t e,
                                             int64_t i, int64_t h, T* gk1_jh, T* gv1_jh, T* gk2_jh) {
-  const int64_t D = p.D;
+  const int64_t D = kD > 0 ? kD : p.D;
   const int64_t f = p.filter_index[e];
   const T s = p.cutoff[e] * p.inv_norm;
   {
@@ -183,10 +199,10 @@ VISKRATES_HD void backward_sender_edge_head(const Params<T>& p, const T* g_dx, c
 }
 
 // Filter pass for edge e (receiver i, sender j), head h: adds its share of ∂L/∂w1_f,h (and ∂L/∂w2_f,h, h < L).
-template <typename T>
+template <int kD, typename T>
 VISKRATES_HD void backward_filter_edge_head(const Params<T>& p, const EdgeScalars<T>& sc, int64_t e, int64_t i,
                                             int64_t j, int64_t h, T* gw1_fh, T* gw2_fh) {
-  const int64_t D = p.D;
+  const int64_t D = kD > 0 ? kD : p.D;
   const T s = p.cutoff[e] * p.inv_norm;
   {
     const T* q = p.x_query + (i * p.H + h) * D;

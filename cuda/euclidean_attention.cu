@@ -25,7 +25,7 @@ __global__ void forward_kernel(const eattn::Graph graph, int64_t n, const eattn:
   if (t >= n * p.H) return;
   const int64_t i = t / p.H, h = t % p.H;
   for (int64_t e = graph.row_ptr[i]; e < graph.row_ptr[i + 1]; ++e) {
-    eattn::forward_edge_head(p, e, i, graph.senders[e], h, dx + (i * p.H + h) * p.D, dev + i * p.C);
+    eattn::forward_edge_head<0>(p, e, i, graph.senders[e], h, dx + (i * p.H + h) * p.D, dev + i * p.C);
   }
 }
 
@@ -36,7 +36,7 @@ __global__ void receivers_backward_kernel(const eattn::Graph graph, int64_t n, c
   if (t >= n * p.H) return;
   const int64_t i = t / p.H, h = t % p.H;
   for (int64_t e = graph.row_ptr[i]; e < graph.row_ptr[i + 1]; ++e) {
-    eattn::backward_receiver_edge_head(p, g_dx, g_dev, e, i, graph.senders[e], h, gxq + (i * p.H + h) * p.D,
+    eattn::backward_receiver_edge_head<0>(p, g_dx, g_dev, e, i, graph.senders[e], h, gxq + (i * p.H + h) * p.D,
                                        h < p.L ? geq + (i * p.L + h) * p.D : nullptr, gy, sc);
   }
 }
@@ -56,7 +56,7 @@ __global__ void senders_backward_kernel(const eattn::Graph graph, int64_t n, con
   const int64_t j = t / p.H, h = t % p.H;
   for (int64_t k = graph.col_ptr[j]; k < graph.col_ptr[j + 1]; ++k) {
     const int64_t e = graph.col_edges[k];
-    eattn::backward_sender_edge_head(p, g_dx, sc, e, graph.receivers[e], h, gxk + (j * p.H + h) * p.D,
+    eattn::backward_sender_edge_head<0>(p, g_dx, sc, e, graph.receivers[e], h, gxk + (j * p.H + h) * p.D,
                                      gxv + (j * p.H + h) * p.D, h < p.L ? gek + (j * p.L + h) * p.D : nullptr);
   }
 }
@@ -69,7 +69,7 @@ __global__ void filters_backward_kernel(const eattn::Graph graph, int64_t num_fi
   const int64_t f = t / p.H, h = t % p.H;
   for (int64_t k = graph.filter_ptr[f]; k < graph.filter_ptr[f + 1]; ++k) {
     const int64_t e = graph.filter_edges[k];
-    eattn::backward_filter_edge_head(p, sc, e, graph.receivers[e], graph.senders[e], h, gxw + (f * p.H + h) * p.D,
+    eattn::backward_filter_edge_head<0>(p, sc, e, graph.receivers[e], graph.senders[e], h, gxw + (f * p.H + h) * p.D,
                                      h < p.L ? gew + (f * p.L + h) * p.D : nullptr);
   }
 }

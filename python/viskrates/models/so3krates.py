@@ -8,7 +8,6 @@ constant are in models/so3lr/FORMULAS.md §2-§4; the output heads and the physi
 :mod:`viskrates.models.so3lr`.
 """
 import math
-from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -176,8 +175,7 @@ class SO3kratesLayer(nn.Module):
                                       self.normalization)
         return self._update(x, ev, dx, dev)
 
-    def forward_fused(self, x: Tensor, ev: Tensor, radial_hidden1: Tensor, radial_hidden2: Tensor,
-                      cutoff_values: Tensor, harmonics: Tensor, row_ptr: Tensor, receivers: Tensor, senders: Tensor,
+    def forward_fused(self, x: Tensor, ev: Tensor, pair_basis: Tensor, cutoff_values: Tensor, harmonics: Tensor, row_ptr: Tensor, receivers: Tensor, senders: Tensor,
                       col_ptr: Tensor, col_edges: Tensor, pair_edges: Tensor, filter_index: Tensor,
                       filter_ptr: Tensor, filter_edges: Tensor, ev_is_zero: bool):
         """The same layer on the fused path: filters once per unordered pair, attention by the
@@ -185,17 +183,19 @@ class SO3kratesLayer(nn.Module):
 
         Both filters are symmetric in the pair (they depend on |r_ij| and on the per-degree norms of
         ev_j − ev_i), so the two directions of a pair share one row; this halves the filter MLPs, which
-        dominate the cost. ``radial_hidden1/2`` [P, F] are ``silu(radial_filter{1,2}_in(b(d_p)))`` per pair
-        (computed for all layers at once by :class:`SO3krates`), ``pair_edges`` [P] the edge i→j (i < j) of
+        dominate the cost. ``pair_basis`` [P, K] is the radial basis b(d_p) per pair, ``pair_edges`` [P] the
+        edge i→j (i < j) of
         every pair and ``filter_index, filter_ptr, filter_edges`` the pair rows of the edges
         (:func:`viskrates.ops.pair_filter_graph`); ``row_ptr, col_ptr, col_edges`` from
         :func:`viskrates.ops.vismp_graph`. ``ev_is_zero``: ev is exactly 0 (first layer), so the spherical
         filters are constants. Returns ``(x [N, F], ev [N, C])`` equal to :meth:`forward` up to rounding.
         """
         n = x.shape[0]
-        p = radial_hidden1.shape[0]
+        p = pair_basis.shape[0]
         h = self.num_heads
         d = self.head_dim
+        radial_hidden1 = F.silu(self.radial_filter1_in(pair_basis))
+        radial_hidden2 = F.silu(self.radial_filter2_in(pair_basis))
         if ev_is_zero:
             # c(0) = 0: the spherical filters are their (constant) response to a zero input
             sph_out1 = self.spherical_filter1_out(F.silu(self.spherical_filter1_in.bias))
@@ -278,43 +278,43 @@ class SO3krates(nn.Module):
         self.element_embedding = nn.Parameter(torch.randn(num_elements, num_features))
         self.charge_embedding = ChargeEmbedding(num_features, num_elements)
         self.radial_basis = BernsteinBasis(num_basis, gamma)
+        self.register_buffer("harmonic_degrees", component_degrees(lmax), persistent=False)
         self.layers = nn.ModuleList([SO3kratesLayer(num_features, num_heads, lmax, num_basis, 32, normalization)
                                      for _ in range(num_layers)])
 
     def forward(self, atomic_numbers: Tensor, edge_vectors: Tensor, receivers: Tensor, senders: Tensor,
                 total_charge: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
         distances = torch.linalg.vector_norm(edge_vectors, dim=-1)
-        harmonics = real_spherical_harmonics(edge_vectors / distances.unsqueeze(-1), self.lmax)
         cutoff_values = polynomial_cutoff(distances, self.cutoff)
         x = (self.element_embedding.index_select(0, atomic_numbers)
              + self.charge_embedding(atomic_numbers, total_charge, batch, num_graphs)) / math.sqrt(3.0)
         ev = torch.zeros(x.shape[0], num_spherical_components(self.lmax), dtype=x.dtype, device=x.device)
         if self.backend == "fused":
-            return self._layers_fused(x, ev, distances, cutoff_values, harmonics, receivers, senders)
+            return self._layers_fused(x, ev, edge_vectors, distances, cutoff_values, receivers, senders)
+        harmonics = real_spherical_harmonics(edge_vectors / distances.unsqueeze(-1), self.lmax)
         radial_basis = self.radial_basis(distances)
         for layer in self.layers:
             x, ev = layer(x, ev, radial_basis, cutoff_values, harmonics, receivers, senders)
         return x
 
-    def _layers_fused(self, x: Tensor, ev: Tensor, distances: Tensor, cutoff_values: Tensor, harmonics: Tensor,
+    def _layers_fused(self, x: Tensor, ev: Tensor, edge_vectors: Tensor, distances: Tensor, cutoff_values: Tensor,
                       receivers: Tensor, senders: Tensor) -> Tensor:
         n = x.shape[0]
         row_ptr, col_ptr, col_edges = vismp_graph(receivers, senders, n)
         pair_edges, filter_index, filter_ptr, filter_edges = pair_filter_graph(receivers, senders, n)
-        pair_basis = self.radial_basis(distances.index_select(0, pair_edges))
-        # first dense layer of all radial filters of all layers in one product: [P, K] x [K, 2·layers·F]
-        in_weights: List[Tensor] = []
-        in_biases: List[Tensor] = []
-        for layer in self.layers:
-            in_weights += [layer.radial_filter1_in.weight, layer.radial_filter2_in.weight]
-            in_biases += [layer.radial_filter1_in.bias, layer.radial_filter2_in.bias]
-        hidden = F.silu(torch.addmm(torch.cat(in_biases), pair_basis, torch.cat(in_weights).t()))
-        f = self.num_features
+        pair_distances = distances.index_select(0, pair_edges)
+        pair_basis = self.radial_basis(pair_distances)
+        # The reverse edge's vector is exactly the negated one, so Y_lm(−r̂) = (−1)^l Y_lm(r̂) holds bit for bit:
+        # the harmonics are evaluated once per pair.
+        pair_harmonics = real_spherical_harmonics(
+            edge_vectors.index_select(0, pair_edges) / pair_distances.unsqueeze(-1), self.lmax)
+        parity = 1.0 - 2.0 * ((self.harmonic_degrees + 1) % 2).to(x.dtype)
+        sign = torch.where((receivers < senders).unsqueeze(-1), torch.ones_like(parity), parity)
+        harmonics = pair_harmonics.index_select(0, filter_index) * sign
         index = 0
         for layer in self.layers:
-            x, ev = layer.forward_fused(x, ev, hidden[:, 2 * index * f:(2 * index + 1) * f],
-                                        hidden[:, (2 * index + 1) * f:(2 * index + 2) * f], cutoff_values, harmonics,
-                                        row_ptr, receivers, senders, col_ptr, col_edges, pair_edges, filter_index,
-                                        filter_ptr, filter_edges, index == 0)
+            x, ev = layer.forward_fused(x, ev, pair_basis, cutoff_values, harmonics, row_ptr, receivers, senders,
+                                        col_ptr, col_edges, pair_edges, filter_index, filter_ptr, filter_edges,
+                                        index == 0)
             index += 1
         return x
