@@ -126,20 +126,20 @@ std::tuple<at::Tensor, at::Tensor> euclidean_attention_cpu(
     scalar_t* out_ev = dev.data_ptr<scalar_t>();
     const int64_t HD = in.H * in.D, C = in.C;
     eattn::with_head_width(in.D, [&](auto width) {
-    constexpr int kD = decltype(width)::value;
-    at::parallel_for(0, in.N, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        scalar_t* dx_i = out_x + i * HD;
-        scalar_t* dev_i = out_ev + i * C;
-        std::fill(dx_i, dx_i + HD, scalar_t(0));
-        std::fill(dev_i, dev_i + C, scalar_t(0));
-        for (int64_t e = g.row_ptr[i]; e < g.row_ptr[i + 1]; ++e) {
-          for (int64_t h = 0; h < p.H; ++h) {
-            eattn::forward_edge_head<kD>(p, e, i, g.senders[e], h, dx_i + h * p.D, dev_i);
+      constexpr int kD = decltype(width)::value;
+      at::parallel_for(0, in.N, kGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          scalar_t* dx_i = out_x + i * HD;
+          scalar_t* dev_i = out_ev + i * C;
+          std::fill(dx_i, dx_i + HD, scalar_t(0));
+          std::fill(dev_i, dev_i + C, scalar_t(0));
+          for (int64_t e = g.row_ptr[i]; e < g.row_ptr[i + 1]; ++e) {
+            for (int64_t h = 0; h < p.H; ++h) {
+              eattn::forward_edge_head<kD>(p, e, i, g.senders[e], h, dx_i + h * p.D, dev_i);
+            }
           }
         }
-      }
-    });
+      });
     });
   });
   return {dx, dev};
@@ -176,47 +176,47 @@ EuclideanAttentionGrads euclidean_attention_backward_cpu(
     scalar_t *pxw = gxw.data_ptr<scalar_t>(), *peq = geq.data_ptr<scalar_t>(), *pek = gek.data_ptr<scalar_t>();
     scalar_t *pew = gew.data_ptr<scalar_t>(), *py = gy.data_ptr<scalar_t>(), *pcut = gcut.data_ptr<scalar_t>();
     eattn::with_head_width(D, [&](auto width) {
-    constexpr int kD = decltype(width)::value;
-    at::parallel_for(0, in.N, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        std::fill(pxq + i * H * D, pxq + (i + 1) * H * D, scalar_t(0));
-        std::fill(peq + i * L * D, peq + (i + 1) * L * D, scalar_t(0));
-        for (int64_t e = g.row_ptr[i]; e < g.row_ptr[i + 1]; ++e) {
-          for (int64_t h = 0; h < H; ++h) {
-            eattn::backward_receiver_edge_head<kD>(p, gdx, gdev, e, i, g.senders[e], h, pxq + (i * H + h) * D,
-                                               h < L ? peq + (i * L + h) * D : nullptr, py, sc);
-          }
-          pcut[e] = eattn::cutoff_grad_edge(p, sc, e);
-        }
-      }
-    });
-    at::parallel_for(0, in.N, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t j = begin; j < end; ++j) {
-        std::fill(pxk + j * H * D, pxk + (j + 1) * H * D, scalar_t(0));
-        std::fill(pxv + j * H * D, pxv + (j + 1) * H * D, scalar_t(0));
-        std::fill(pek + j * L * D, pek + (j + 1) * L * D, scalar_t(0));
-        for (int64_t k = g.col_ptr[j]; k < g.col_ptr[j + 1]; ++k) {
-          const int64_t e = g.col_edges[k];
-          for (int64_t h = 0; h < H; ++h) {
-            eattn::backward_sender_edge_head<kD>(p, gdx, sc, e, g.receivers[e], h, pxk + (j * H + h) * D,
-                                             pxv + (j * H + h) * D, h < L ? pek + (j * L + h) * D : nullptr);
+      constexpr int kD = decltype(width)::value;
+      at::parallel_for(0, in.N, kGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          std::fill(pxq + i * H * D, pxq + (i + 1) * H * D, scalar_t(0));
+          std::fill(peq + i * L * D, peq + (i + 1) * L * D, scalar_t(0));
+          for (int64_t e = g.row_ptr[i]; e < g.row_ptr[i + 1]; ++e) {
+            for (int64_t h = 0; h < H; ++h) {
+              eattn::backward_receiver_edge_head<kD>(p, gdx, gdev, e, i, g.senders[e], h, pxq + (i * H + h) * D,
+                                                 h < L ? peq + (i * L + h) * D : nullptr, py, sc);
+            }
+            pcut[e] = eattn::cutoff_grad_edge(p, sc, e);
           }
         }
-      }
-    });
-    at::parallel_for(0, in.P, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t f = begin; f < end; ++f) {
-        std::fill(pxw + f * H * D, pxw + (f + 1) * H * D, scalar_t(0));
-        std::fill(pew + f * L * D, pew + (f + 1) * L * D, scalar_t(0));
-        for (int64_t k = g.filter_ptr[f]; k < g.filter_ptr[f + 1]; ++k) {
-          const int64_t e = g.filter_edges[k];
-          for (int64_t h = 0; h < H; ++h) {
-            eattn::backward_filter_edge_head<kD>(p, sc, e, g.receivers[e], g.senders[e], h, pxw + (f * H + h) * D,
-                                             h < L ? pew + (f * L + h) * D : nullptr);
+      });
+      at::parallel_for(0, in.N, kGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t j = begin; j < end; ++j) {
+          std::fill(pxk + j * H * D, pxk + (j + 1) * H * D, scalar_t(0));
+          std::fill(pxv + j * H * D, pxv + (j + 1) * H * D, scalar_t(0));
+          std::fill(pek + j * L * D, pek + (j + 1) * L * D, scalar_t(0));
+          for (int64_t k = g.col_ptr[j]; k < g.col_ptr[j + 1]; ++k) {
+            const int64_t e = g.col_edges[k];
+            for (int64_t h = 0; h < H; ++h) {
+              eattn::backward_sender_edge_head<kD>(p, gdx, sc, e, g.receivers[e], h, pxk + (j * H + h) * D,
+                                               pxv + (j * H + h) * D, h < L ? pek + (j * L + h) * D : nullptr);
+            }
           }
         }
-      }
-    });
+      });
+      at::parallel_for(0, in.P, kGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t f = begin; f < end; ++f) {
+          std::fill(pxw + f * H * D, pxw + (f + 1) * H * D, scalar_t(0));
+          std::fill(pew + f * L * D, pew + (f + 1) * L * D, scalar_t(0));
+          for (int64_t k = g.filter_ptr[f]; k < g.filter_ptr[f + 1]; ++k) {
+            const int64_t e = g.filter_edges[k];
+            for (int64_t h = 0; h < H; ++h) {
+              eattn::backward_filter_edge_head<kD>(p, sc, e, g.receivers[e], g.senders[e], h, pxw + (f * H + h) * D,
+                                               h < L ? pew + (f * L + h) * D : nullptr);
+            }
+          }
+        }
+      });
     });
   });
   return {gxq, gxk, gxv, gxw, geq, gek, gew, gy, gcut};

@@ -11,9 +11,9 @@
 // Filters are indexed per edge through filter_index so that both directions of a pair can share one row
 // (the SO3krates filters depend on |r_ij| and on per-degree norms of ev_j − ev_i only, so w_ij = w_ji).
 //
-// Every function handles one (edge, head) pair and takes the head width D as a template constant kD (0: the
-// runtime p.D) so that the CPU launcher's loops over D = 32 unroll and vectorise; so the CPU launcher (cpp/euclidean_attention.cpp) loops
-// over heads and the CUDA launcher (cuda/euclidean_attention.cu) gives one thread per (atom, head). The
+// Every function handles one (edge, head) pair, so the CPU launcher (cpp/euclidean_attention.cpp) loops over
+// heads and the CUDA launcher (cuda/euclidean_attention.cu) gives one thread per (atom, head); the head width
+// D is a template constant kD (0: the runtime p.D) so that the CPU loops over D = 32 unroll. The
 // backward runs three gathering passes, each output element having exactly one writer (deterministic, no
 // atomics): per receiver (query and harmonic gradients, per-edge scalars), per sender (key and value
 // gradients, over the transposed graph), per filter row (filter gradients, over filter_ptr/filter_edges).

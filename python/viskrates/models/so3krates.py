@@ -175,18 +175,19 @@ class SO3kratesLayer(nn.Module):
                                       self.normalization)
         return self._update(x, ev, dx, dev)
 
-    def forward_fused(self, x: Tensor, ev: Tensor, pair_basis: Tensor, cutoff_values: Tensor, harmonics: Tensor, row_ptr: Tensor, receivers: Tensor, senders: Tensor,
-                      col_ptr: Tensor, col_edges: Tensor, pair_edges: Tensor, filter_index: Tensor,
-                      filter_ptr: Tensor, filter_edges: Tensor, ev_is_zero: bool):
+    def forward_fused(self, x: Tensor, ev: Tensor, pair_basis: Tensor, cutoff_values: Tensor, harmonics: Tensor,
+                      row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr: Tensor, col_edges: Tensor,
+                      pair_edges: Tensor, filter_index: Tensor, filter_ptr: Tensor, filter_edges: Tensor,
+                      ev_is_zero: bool):
         """The same layer on the fused path: filters once per unordered pair, attention by the
         ``viskrates::euclidean_attention`` op.
 
         Both filters are symmetric in the pair (they depend on |r_ij| and on the per-degree norms of
         ev_j − ev_i), so the two directions of a pair share one row; this halves the filter MLPs, which
-        dominate the cost. ``pair_basis`` [P, K] is the radial basis b(d_p) per pair, ``pair_edges`` [P] the
-        edge i→j (i < j) of
-        every pair and ``filter_index, filter_ptr, filter_edges`` the pair rows of the edges
-        (:func:`viskrates.ops.pair_filter_graph`); ``row_ptr, col_ptr, col_edges`` from
+        dominate the cost. ``pair_basis`` [P, K] is the radial basis b(d_p) per pair, ``harmonics`` [E, C]
+        and ``cutoff_values`` [E] per edge, ``pair_edges`` [P] the edge i→j (i < j) of every pair,
+        ``filter_index, filter_ptr, filter_edges`` the pair rows of the edges
+        (:func:`viskrates.ops.pair_filter_graph`) and ``row_ptr, col_ptr, col_edges`` from
         :func:`viskrates.ops.vismp_graph`. ``ev_is_zero``: ev is exactly 0 (first layer), so the spherical
         filters are constants. Returns ``(x [N, F], ev [N, C])`` equal to :meth:`forward` up to rounding.
         """
