@@ -195,7 +195,7 @@ def test_fused_is_deterministic():
 def test_fused_backend_errors():
     with pytest.raises(ValueError, match="backend"):
         SO3LR(backend="fast")
-    model = so3lr(12.0, 2.0, "fused")
+    model = so3lr(1000.0, 2.0, "fused")
     ref = reference_data("ala2")
     r = torch.from_numpy(ref["R"]).requires_grad_(True)
     energy = model(torch.from_numpy(ref["Z"]), r)["energy"]
@@ -205,8 +205,8 @@ def test_fused_backend_errors():
 
 def test_fused_single_atom_and_isolated_molecules():
     """No edges at all (one atom), and a molecule far from another one, against the reference backend."""
-    model = so3lr(12.0, 2.0, "fused")
-    reference = so3lr(12.0, 2.0, "reference")
+    model = so3lr(1000.0, 2.0, "fused")
+    reference = so3lr(1000.0, 2.0, "reference")
     for z, r in [(torch.tensor([8]), torch.zeros(1, 3, dtype=torch.float64)),
                  (torch.tensor([8, 1, 1, 8]), torch.tensor([[0.0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0],
                                                             [30.0, 0, 0]], dtype=torch.float64))]:
@@ -218,8 +218,8 @@ def test_fused_single_atom_and_isolated_molecules():
 
 def test_fused_torchscript_round_trip(tmp_path):
     """The scripted fused model, saved and run in a fresh process that only imports viskrates."""
-    ref = reference_data("chignolin")
-    model = so3lr(12.0, 2.0, "fused", torch.float32)
+    ref = reference_data("ala2")
+    model = so3lr(1000.0, 2.0, "fused", torch.float32)
     path = tmp_path / "so3lr_fused.pt"
     torch.jit.script(model).save(str(path))
     z = torch.from_numpy(ref["Z"])

@@ -22,6 +22,9 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .nn.attention import euclidean_attention as _reference_attention
+from .nn.spherical_harmonics import component_degrees
+
 
 def _check_box(box: Tensor, cutoff: float) -> None:
     """Raise ValueError unless every perpendicular width of ``box`` (rows = box vectors) is >= 2·cutoff."""
@@ -361,11 +364,8 @@ def euclidean_attention_reference(row_ptr: Tensor, receivers: Tensor, senders: T
     Returns:
         ``(Δx [N, H, D], Δev [N, (L+1)² − 1])``.
     """
-    from .nn.attention import euclidean_attention as attention
-    from .nn.spherical_harmonics import component_degrees
-
     degrees = component_degrees(ev_query.shape[1]).to(harmonics.device)
-    return attention(x_query, x_key, x_value, x_filter.index_select(0, filter_index), ev_query, ev_key,
+    return _reference_attention(x_query, x_key, x_value, x_filter.index_select(0, filter_index), ev_query, ev_key,
                      ev_filter.index_select(0, filter_index), harmonics, degrees, cutoff_values, receivers, senders,
                      normalization)
 
