@@ -102,6 +102,22 @@ def test_op_gradcheck():
     assert torch.autograd.gradcheck(lambda *f: run(euclidean_attention, graph, filters, f, 1.7), features)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_op_cuda_matches_cpu():
+    graph = random_graph(EDGES, NUM_NODES)
+    num_edges = graph[1].shape[0]
+    filters = edge_filter_graph(num_edges, torch.device("cpu"))
+    features = random_features(NUM_NODES, num_edges, num_edges)
+    results = []
+    for device in ("cpu", "cuda"):
+        inputs = [t.to(device).requires_grad_(True) for t in features]
+        dx, dev = run(euclidean_attention, [t.to(device) for t in graph], [t.to(device) for t in filters], inputs)
+        grads = torch.autograd.grad(dx.sin().sum() + dev.square().sum(), inputs)
+        results.append([t.cpu() for t in (dx, dev) + grads])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_op_errors():
     graph = random_graph(EDGES, NUM_NODES)
     num_edges = graph[1].shape[0]
