@@ -202,8 +202,8 @@ def test_fused_matches_official_float64(name):
 
 
 def test_fused_is_deterministic():
-    first = cached_evaluate("waterbox_210_lr9", "fused", torch.float32)
-    second = evaluate("waterbox_210_lr9", "fused", torch.float32)
+    first = evaluate("chignolin", "fused", torch.float32)
+    second = evaluate("chignolin", "fused", torch.float32)
     assert torch.equal(first["energy"], second["energy"])
     assert torch.equal(first["forces"], second["forces"])
 
