@@ -22,6 +22,9 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .nn.attention import euclidean_attention as _reference_attention
+from .nn.spherical_harmonics import component_degrees
+
 
 def _check_box(box: Tensor, cutoff: float) -> None:
     """Raise ValueError unless every perpendicular width of ``box`` (rows = box vectors) is >= 2·cutoff."""
@@ -281,3 +284,108 @@ def vismp_attention(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr
     """
     return torch.ops.viskrates.vismp_attention(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value,
                                                key_filter, value_filter, weights, num_heads)
+
+
+# ---- fused Euclidean attention (SO3krates; Frank et al., Nat. Commun. 15, 6539 (2024)) ------------------
+# Graph arguments: the receiver-sorted edges with their transpose (row_ptr, receivers, senders, col_ptr,
+# col_edges from :func:`vismp_graph`) and the filter rows: edge e uses filters[filter_index[e]], and the
+# edges of row f are filter_edges[filter_ptr[f]:filter_ptr[f+1]]. With one row per edge this is the plain
+# per-edge filter (:func:`edge_filter_graph`); SO3krates' filters are symmetric (w_ij = w_ji), so the model
+# evaluates them once per unordered pair (:func:`pair_filter_graph`) and both directions share the row.
+
+
+def edge_filter_graph(num_edges: int, device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
+    """One filter row per edge: ``(filter_index [E], filter_ptr [E+1], filter_edges [E])``, int64."""
+    index = torch.arange(num_edges, dtype=torch.long, device=device)
+    return index, torch.arange(num_edges + 1, dtype=torch.long, device=device), index
+
+
+def pair_filter_graph(receivers: Tensor, senders: Tensor, num_nodes: int
+                      ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Filter rows shared by the two directions of every pair, for the ``euclidean_attention`` op.
+
+    Args:
+        receivers, senders: [E] int64, a receiver-sorted directed edge list in which every edge i→j (i ≠ j)
+            has exactly one reverse edge j→i and no pair (i, j) occurs twice, as :func:`neighbor_list` returns
+            it (periodic boxes are at least twice the cutoff wide, so a pair has one image).
+        num_nodes: N.
+
+    Returns:
+        ``(pair_edges [P], filter_index [E], filter_ptr [P+1], filter_edges [E])``, int64: ``pair_edges[p]``
+        is the edge i→j with i < j of pair p (its edge vector defines the pair's distance), edge e uses
+        row ``filter_index[e]``, and the two edges of pair p are ``filter_edges[2p], filter_edges[2p+1]``.
+
+    Raises:
+        ValueError: self-loops, or an edge without exactly one reverse edge.
+    """
+    if bool((receivers == senders).any()):
+        raise ValueError("pair_filter_graph: the edge list contains self-loops (i→i); they have no pair")
+    keys = receivers * num_nodes + senders
+    reverse_keys = senders * num_nodes + receivers
+    reverse = torch.searchsorted(keys, reverse_keys).clamp(max=max(keys.shape[0] - 1, 0))
+    if keys.shape[0] > 0 and not bool((keys.index_select(0, reverse) == reverse_keys).all()):
+        raise ValueError("pair_filter_graph: every edge i→j needs exactly one reverse edge j→i (a symmetric, "
+                         "receiver-sorted neighbour list with one image per pair)")
+    if keys.shape[0] > 1 and not bool((keys[1:] > keys[:-1]).all()):
+        raise ValueError("pair_filter_graph: edges must be sorted by (receiver, sender) without duplicate pairs")
+    forward = receivers < senders
+    pair_edges = torch.nonzero(forward).flatten()
+    pair_of_forward = torch.cumsum(forward.to(torch.long), 0) - 1
+    filter_index = torch.where(forward, pair_of_forward, pair_of_forward.index_select(0, reverse))
+    filter_edges = torch.stack([pair_edges, reverse.index_select(0, pair_edges)], 1).flatten()
+    filter_ptr = torch.arange(0, 2 * pair_edges.shape[0] + 1, 2, dtype=torch.long, device=receivers.device)
+    return pair_edges, filter_index, filter_ptr, filter_edges
+
+
+def euclidean_attention_reference(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr: Tensor,
+                                  col_edges: Tensor, filter_index: Tensor, filter_ptr: Tensor, filter_edges: Tensor,
+                                  x_query: Tensor, x_key: Tensor, x_value: Tensor, x_filter: Tensor,
+                                  ev_query: Tensor, ev_key: Tensor, ev_filter: Tensor, harmonics: Tensor,
+                                  cutoff_values: Tensor, normalization: float) -> Tuple[Tensor, Tensor]:
+    """Both branches of one SO3krates Euclidean attention block (Frank et al. 2024, eqs. 7-10, SO3LR variant
+    without softmax; FORMULAS §4), with s_e = φ_e / normalization and f = filter_index[e]::
+
+        α1_e,h = s_e Σ_a q1_i,h,a w1_f,h,a k1_j,h,a,    Δx_i,h,a = Σ_{e: j→i} α1_e,h v1_j,h,a
+        α2_e,l = s_e Σ_a q2_i,l,a w2_f,l,a k2_j,l,a,    Δev_i,c  = Σ_{e: j→i} α2_e,deg(c) Y_e,c
+
+    Args:
+        row_ptr, receivers, senders, col_ptr, col_edges: graph, see :func:`vismp_graph` (only receivers
+            and senders are used here).
+        filter_index, filter_ptr, filter_edges: filter rows, see :func:`pair_filter_graph` (only
+            filter_index is used here).
+        x_query, x_key, x_value: [N, H, D] per-head projections of the invariant features (float32/64).
+        x_filter: [P, H, D] filter rows of the invariant branch.
+        ev_query, ev_key: [N, L, D] projections for the EV branch (head l ↔ degree l+1, L <= H).
+        ev_filter: [P, L, D].
+        harmonics: [E, (L+1)² − 1] real spherical harmonics of the edge directions, ordered by degree.
+        cutoff_values: [E] φ(d_e).
+        normalization: n > 0.
+
+    Returns:
+        ``(Δx [N, H, D], Δev [N, (L+1)² − 1])``.
+    """
+    degrees = component_degrees(ev_query.shape[1]).to(harmonics.device)
+    return _reference_attention(x_query, x_key, x_value, x_filter.index_select(0, filter_index), ev_query, ev_key,
+                     ev_filter.index_select(0, filter_index), harmonics, degrees, cutoff_values, receivers, senders,
+                     normalization)
+
+
+def euclidean_attention(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr: Tensor, col_edges: Tensor,
+                        filter_index: Tensor, filter_ptr: Tensor, filter_edges: Tensor, x_query: Tensor,
+                        x_key: Tensor, x_value: Tensor, x_filter: Tensor, ev_query: Tensor, ev_key: Tensor,
+                        ev_filter: Tensor, harmonics: Tensor, cutoff_values: Tensor,
+                        normalization: float) -> Tuple[Tensor, Tensor]:
+    """Fused :func:`euclidean_attention_reference` (``torch.ops.viskrates.euclidean_attention``): one pass per
+    receiver over its edges, no [E, H, D] gathers or products. Same arguments and result; float32/float64,
+    CPU or CUDA. C++ backward to the queries, keys, values, filter rows, harmonics and cutoff values
+    (scores recomputed from the inputs; three gathering passes, deterministic); no double backward
+    (RuntimeError under ``create_graph=True``).
+
+    Raises:
+        ValueError: inconsistent shapes, dtypes or devices, L > H, harmonics without (L+1)² − 1 components,
+            or a normalization that is not positive. Index values are trusted (consistent and in range).
+    """
+    return torch.ops.viskrates.euclidean_attention(row_ptr, receivers, senders, col_ptr, col_edges, filter_index,
+                                                   filter_ptr, filter_edges, x_query, x_key, x_value, x_filter,
+                                                   ev_query, ev_key, ev_filter, harmonics, cutoff_values,
+                                                   normalization)

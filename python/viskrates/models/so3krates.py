@@ -18,6 +18,7 @@ from ..nn.cutoff import polynomial_cutoff
 from ..nn.radial import BernsteinBasis
 from ..nn.spherical_harmonics import (DegreeContraction, component_degrees, num_spherical_components,
                                       real_spherical_harmonics)
+from ..ops import pair_filter_graph, vismp_graph
 
 
 def layer_norm(x: Tensor, scale: Tensor, bias: Tensor, eps: float) -> Tensor:
@@ -172,6 +173,59 @@ class SO3kratesLayer(nn.Module):
         dx, dev = euclidean_attention(q1, k1, v1, filter1.view(e, h, d), q2, k2, filter2.view(e, h, d),
                                       harmonics, self.component_degrees, cutoff_values, receivers, senders,
                                       self.normalization)
+        return self._update(x, ev, dx, dev)
+
+    def forward_fused(self, x: Tensor, ev: Tensor, pair_basis: Tensor, cutoff_values: Tensor, harmonics: Tensor,
+                      row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr: Tensor, col_edges: Tensor,
+                      pair_edges: Tensor, filter_index: Tensor, filter_ptr: Tensor, filter_edges: Tensor,
+                      ev_is_zero: bool):
+        """The same layer on the fused path: filters once per unordered pair, attention by the
+        ``viskrates::euclidean_attention`` op.
+
+        Both filters are symmetric in the pair (they depend on |r_ij| and on the per-degree norms of
+        ev_j − ev_i), so the two directions of a pair share one row; this halves the filter MLPs, which
+        dominate the cost. ``pair_basis`` [P, K] is the radial basis b(d_p) per pair, ``harmonics`` [E, C]
+        and ``cutoff_values`` [E] per edge, ``pair_edges`` [P] the edge i→j (i < j) of every pair,
+        ``filter_index, filter_ptr, filter_edges`` the pair rows of the edges
+        (:func:`viskrates.ops.pair_filter_graph`) and ``row_ptr, col_ptr, col_edges`` from
+        :func:`viskrates.ops.vismp_graph`. ``ev_is_zero``: ev is exactly 0 (first layer), so the spherical
+        filters are constants. Returns ``(x [N, F], ev [N, C])`` equal to :meth:`forward` up to rounding.
+        """
+        n = x.shape[0]
+        p = pair_basis.shape[0]
+        h = self.num_heads
+        d = self.head_dim
+        radial_hidden1 = F.silu(self.radial_filter1_in(pair_basis))
+        radial_hidden2 = F.silu(self.radial_filter2_in(pair_basis))
+        if ev_is_zero:
+            # c(0) = 0: the spherical filters are their (constant) response to a zero input
+            sph_out1 = self.spherical_filter1_out(F.silu(self.spherical_filter1_in.bias))
+            sph_out2 = self.spherical_filter2_out(F.silu(self.spherical_filter2_in.bias))
+            filter1 = torch.addmm(self.radial_filter1_out.bias + sph_out1, radial_hidden1,
+                                  self.radial_filter1_out.weight.t())
+            filter2 = torch.addmm(self.radial_filter2_out.bias + sph_out2, radial_hidden2,
+                                  self.radial_filter2_out.weight.t())
+        else:
+            first = receivers.index_select(0, pair_edges)
+            second = senders.index_select(0, pair_edges)
+            sph = self.contraction(ev.index_select(0, second) - ev.index_select(0, first))
+            filter1 = _filter(radial_hidden1, F.silu(self.spherical_filter1_in(sph)), self.radial_filter1_out.weight,
+                              self.radial_filter1_out.bias, self.spherical_filter1_out.weight,
+                              self.spherical_filter1_out.bias)
+            filter2 = _filter(radial_hidden2, F.silu(self.spherical_filter2_in(sph)), self.radial_filter2_out.weight,
+                              self.radial_filter2_out.bias, self.spherical_filter2_out.weight,
+                              self.spherical_filter2_out.bias)
+        weights = torch.cat([self.query1, self.key1, self.value1, self.query2, self.key2], dim=1)
+        projected = torch.bmm(weights, x.view(n, h, d).permute(1, 2, 0)).permute(2, 0, 1)
+        q1, k1, v1, q2, k2 = projected.split(d, dim=-1)
+        dx, dev = torch.ops.viskrates.euclidean_attention(
+            row_ptr, receivers, senders, col_ptr, col_edges, filter_index, filter_ptr, filter_edges, q1, k1, v1,
+            filter1.view(p, h, d), q2, k2, filter2.view(p, h, d), harmonics, cutoff_values, self.normalization)
+        return self._update(x, ev, dx, dev)
+
+    def _update(self, x: Tensor, ev: Tensor, dx: Tensor, dev: Tensor):
+        """Everything after the attention: layer norm, residual MLP, exchange block (FORMULAS §4)."""
+        n = x.shape[0]
         x = layer_norm(x + dx.reshape(n, self.num_features), self.norm1_scale, self.norm1_bias, self.eps)
         ev = ev + dev
         x = x + self.residual_out(F.silu(self.residual_in(F.silu(x))))
@@ -193,37 +247,75 @@ class SO3krates(nn.Module):
     Args:
         num_features: F; num_heads: H (= lmax); lmax: highest EV degree (≤ 4); num_layers;
         num_basis: K Bernstein functions; gamma: Bernstein γ (Å⁻¹); cutoff: short-range cutoff (Å) of
-        the PhysNet cutoff function; normalization: attention normaliser; num_elements: embedding rows.
+        the PhysNet cutoff function; normalization: attention normaliser; num_elements: embedding rows;
+        backend: ``'reference'`` (pure PyTorch, double backward for training on forces) or ``'fused'`` (filters
+        once per unordered pair and the ``viskrates::euclidean_attention`` op with its C++ backward; same
+        results up to rounding; no double backward, RuntimeError under ``create_graph=True``).
 
     Shapes:
         forward(atomic_numbers [N] int64, edge_vectors [E, 3] Å (neighbour minus centre),
         receivers [E], senders [E] int64 (receiver-sorted, both directions of every pair),
         total_charge [B] e, batch [N] int64, num_graphs) -> features [N, F], dtype of the parameters.
-        Edges must be shorter than ``cutoff``; longer ones contribute 0.
+        Edges must be shorter than ``cutoff``; longer ones contribute 0. The fused backend also needs every
+        edge i→j to have exactly one reverse edge j→i and no self-loops (ValueError otherwise), as
+        :func:`viskrates.ops.neighbor_list` returns them.
+
+    Raises:
+        ValueError: an unknown backend.
     """
+
+    backend: str
 
     def __init__(self, num_features: int = 128, num_heads: int = 4, lmax: int = 4, num_layers: int = 3,
                  num_basis: int = 32, gamma: float = 0.94486308097839355, cutoff: float = 4.5,
-                 normalization: float = 13.168995780096482, num_elements: int = 119):
+                 normalization: float = 13.168995780096482, num_elements: int = 119, backend: str = "reference"):
         super().__init__()
+        if backend not in ("reference", "fused"):
+            raise ValueError(f"SO3krates backend must be 'reference' or 'fused', got {backend!r}")
+        self.backend = backend
         self.num_features = num_features
         self.lmax = lmax
         self.cutoff = float(cutoff)
         self.element_embedding = nn.Parameter(torch.randn(num_elements, num_features))
         self.charge_embedding = ChargeEmbedding(num_features, num_elements)
         self.radial_basis = BernsteinBasis(num_basis, gamma)
+        self.register_buffer("harmonic_degrees", component_degrees(lmax), persistent=False)
         self.layers = nn.ModuleList([SO3kratesLayer(num_features, num_heads, lmax, num_basis, 32, normalization)
                                      for _ in range(num_layers)])
 
     def forward(self, atomic_numbers: Tensor, edge_vectors: Tensor, receivers: Tensor, senders: Tensor,
                 total_charge: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
         distances = torch.linalg.vector_norm(edge_vectors, dim=-1)
-        harmonics = real_spherical_harmonics(edge_vectors / distances.unsqueeze(-1), self.lmax)
-        radial_basis = self.radial_basis(distances)
         cutoff_values = polynomial_cutoff(distances, self.cutoff)
         x = (self.element_embedding.index_select(0, atomic_numbers)
              + self.charge_embedding(atomic_numbers, total_charge, batch, num_graphs)) / math.sqrt(3.0)
         ev = torch.zeros(x.shape[0], num_spherical_components(self.lmax), dtype=x.dtype, device=x.device)
+        if self.backend == "fused":
+            return self._layers_fused(x, ev, edge_vectors, distances, cutoff_values, receivers, senders)
+        harmonics = real_spherical_harmonics(edge_vectors / distances.unsqueeze(-1), self.lmax)
+        radial_basis = self.radial_basis(distances)
         for layer in self.layers:
             x, ev = layer(x, ev, radial_basis, cutoff_values, harmonics, receivers, senders)
+        return x
+
+    def _layers_fused(self, x: Tensor, ev: Tensor, edge_vectors: Tensor, distances: Tensor, cutoff_values: Tensor,
+                      receivers: Tensor, senders: Tensor) -> Tensor:
+        n = x.shape[0]
+        row_ptr, col_ptr, col_edges = vismp_graph(receivers, senders, n)
+        pair_edges, filter_index, filter_ptr, filter_edges = pair_filter_graph(receivers, senders, n)
+        pair_distances = distances.index_select(0, pair_edges)
+        pair_basis = self.radial_basis(pair_distances)
+        # The reverse edge's vector is exactly the negated one, so Y_lm(−r̂) = (−1)^l Y_lm(r̂) holds bit for bit:
+        # the harmonics are evaluated once per pair.
+        pair_harmonics = real_spherical_harmonics(
+            edge_vectors.index_select(0, pair_edges) / pair_distances.unsqueeze(-1), self.lmax)
+        parity = 1.0 - 2.0 * ((self.harmonic_degrees + 1) % 2).to(x.dtype)
+        sign = torch.where((receivers < senders).unsqueeze(-1), torch.ones_like(parity), parity)
+        harmonics = pair_harmonics.index_select(0, filter_index) * sign
+        index = 0
+        for layer in self.layers:
+            x, ev = layer.forward_fused(x, ev, pair_basis, cutoff_values, harmonics, row_ptr, receivers, senders,
+                                        col_ptr, col_edges, pair_edges, filter_index, filter_ptr, filter_edges,
+                                        index == 0)
+            index += 1
         return x

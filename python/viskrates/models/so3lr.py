@@ -59,6 +59,10 @@ class SO3LR(nn.Module):
             ``so3lr_params.npz``); default: the packaged pretrained parameters. They are loaded in the
             default dtype (float32; ``model.double()`` for float64, exact) and frozen
             (``requires_grad=False``; call ``model.requires_grad_(True)`` to train).
+        backend: ``'reference'`` (default; pure PyTorch, differentiable twice, for training on forces) or
+            ``'fused'`` (SO3krates filters once per pair and the fused ``viskrates::euclidean_attention``
+            op with a C++ backward: same energies, forces and charges, several times faster; forces only,
+            double backward raises a RuntimeError). See :class:`~viskrates.models.so3krates.SO3krates`.
 
     Attributes:
         cutoff: the largest neighbour-list cutoff used, ``max(4.5, lr_cutoff)`` Å (4.5 for lr_cutoff=None).
@@ -80,8 +84,8 @@ class SO3LR(nn.Module):
 
     Raises:
         ValueError: elements without parameters (named, with the supported list), NaN/inf positions, a
-            periodic box thinner than 2·cutoff, a box with lr_cutoff=None, a batch with a box, or
-            inconsistent shapes.
+            periodic box thinner than 2·cutoff, a box with lr_cutoff=None, a batch with a box,
+            inconsistent shapes, or an unknown backend.
     """
 
     lr_cutoff: Optional[float]
@@ -90,7 +94,7 @@ class SO3LR(nn.Module):
     _symbols: List[str]
 
     def __init__(self, lr_cutoff: Optional[float] = 12.0, dispersion_damping: Optional[float] = 2.0,
-                 parameters: Optional[str] = None):
+                 parameters: Optional[str] = None, backend: str = "reference"):
         super().__init__()
         if lr_cutoff is not None and not lr_cutoff > 0:
             raise ValueError(f"lr_cutoff must be a positive distance in Å or None, got {lr_cutoff}")
@@ -105,7 +109,7 @@ class SO3LR(nn.Module):
 
         params = np.load(PRETRAINED_PARAMETERS if parameters is None else parameters)
         zbl = "params/observables_0/zbl_repulsion/"
-        self.network = SO3krates(num_elements=_NUM_ELEMENTS, cutoff=SHORT_RANGE_CUTOFF)
+        self.network = SO3krates(num_elements=_NUM_ELEMENTS, cutoff=SHORT_RANGE_CUTOFF, backend=backend)
         self.energy_hidden = nn.Linear(128, 128)
         self.energy_out = nn.Linear(128, 1)
         self.atomic_scales = nn.Parameter(torch.ones(_NUM_ELEMENTS))

@@ -2,8 +2,9 @@
 
 These functions are the reference (pure PyTorch) path: the per-edge attention coefficients and their
 aggregation onto receivers. They are kept separate from the rest of the network because this is where
-the fused kernel (``viskrates::euclidean_attention``) plugs in: same arguments, same results, without the
-[E, F] intermediates.
+the fused kernel (``viskrates::euclidean_attention``, :func:`viskrates.ops.euclidean_attention`) plugs in: same
+results without the [E, F] intermediates, with the filters given per row (one row per unordered pair in the
+fused SO3krates) plus the graph in CSR form.
 
 Edge convention (``viskrates.ops.neighbor_list``): edge e goes from sender ``j = senders[e]`` to
 receiver ``i = receivers[e]``; receivers are sorted. Queries belong to the receiver, keys and values to
