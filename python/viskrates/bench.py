@@ -46,6 +46,8 @@ DEFAULT_SIZES = (300, 1000, 3000, 10000)
 # a box built for N atoms holds about N
 _MODELLER_WATER_DENSITY = 32.0
 SO3LR_LR_CUTOFF = 12.0  # Å, the official default
+# smallest box edge (Å): periodic boxes must be twice the largest cutoff wide (ViSNet 5 Å, SO3LR ≥ 4.5 Å)
+MIN_BOX_EDGE = 10.2
 COLUMNS = ("model", "backend", "atoms", "cutoff", "ms/step", "median ms", "us/atom/step", "peak RSS MiB",
            "step dMiB", "speed-up")
 
@@ -54,23 +56,23 @@ def water_box(target_atoms: int):
     """Periodic cubic TIP3P water box of about ``target_atoms`` atoms, built with OpenMM's Modeller.
 
     Args:
-        target_atoms: wanted number of atoms (≥ 30); the box edge is chosen for a density of about
-            32 waters/nm³, so the result is within a few percent.
+        target_atoms: wanted number of atoms; the box edge is chosen for a density of about 32 waters/nm³
+            (within a few percent of the target), but at least :data:`MIN_BOX_EDGE` (about 100 atoms).
 
     Returns:
         ``(atomic_numbers [N] int64, positions [N, 3] float64 Å, box [3, 3] float64 Å)`` as numpy arrays
         (rows of ``box`` are the box vectors). Deterministic: Modeller tiles a pre-equilibrated water box.
 
     Raises:
-        ValueError: target_atoms < 30.
+        ValueError: target_atoms < 1.
     """
-    if target_atoms < 30:
-        raise ValueError(f"a water box needs at least 30 atoms, got {target_atoms}")
+    if target_atoms < 1:
+        raise ValueError(f"a water box needs at least one atom, got {target_atoms}")
     import openmm
     import openmm.app as app
     import openmm.unit as unit
 
-    edge = (target_atoms / 3.0 / _MODELLER_WATER_DENSITY) ** (1.0 / 3.0)  # nm
+    edge = max((target_atoms / 3.0 / _MODELLER_WATER_DENSITY) ** (1.0 / 3.0), MIN_BOX_EDGE / 10.0)  # nm
     modeller = app.Modeller(app.Topology(), [])
     modeller.addSolvent(app.ForceField("amber14/tip3p.xml"), model="tip3p",
                         boxSize=openmm.Vec3(edge, edge, edge) * unit.nanometer)
@@ -159,7 +161,7 @@ def _run_case_subprocess(model: str, backend: str, system_path: str, threads: in
     completed = subprocess.run(command, capture_output=True, text=True, env=env)
     if completed.returncode != 0:
         tail = completed.stderr.strip().splitlines()[-1:] or ["(no output)"]
-        return {"model": model, "backend": backend, "available": False, "reason": "failed: " + tail[0]}
+        return {"model": model, "backend": backend, "available": False, "failed": True, "reason": tail[0]}
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
@@ -170,8 +172,8 @@ def format_table(results: Sequence[Dict]) -> List[str]:
     rows = [list(COLUMNS)]
     for r in results:
         if not r.get("available"):
-            rows.append([r["model"], r["backend"], str(r.get("atoms", "-")), "-", "not available", "-", "-", "-",
-                         "-", "-"])
+            status = "failed" if r.get("failed") else "not available"
+            rows.append([r["model"], r["backend"], str(r.get("atoms", "-")), "-", status, "-", "-", "-", "-", "-"])
             continue
         ref = reference_times.get((r["model"], r["atoms"]))
         speed_up = f"{ref / r['seconds']:.2f}x" if ref is not None and r["backend"] != "reference" else "-"
@@ -240,7 +242,7 @@ def ptxas_report(arch: str = "sm_80") -> List[str]:
 
 def run_benchmark(models: Sequence[str] = MODELS, sizes: Sequence[int] = DEFAULT_SIZES,
                   backends: Sequence[str] = BACKENDS, threads: int = 1, repeats: int = 3, dtype: str = "float32",
-                  ptxas: bool = True, out=sys.stdout) -> List[Dict]:
+                  ptxas: bool = True, out=None) -> List[Dict]:
     """Run every (model, size, backend) case in a subprocess and print the table (and the ptxas report).
 
     Args:
@@ -251,13 +253,13 @@ def run_benchmark(models: Sequence[str] = MODELS, sizes: Sequence[int] = DEFAULT
         repeats: timed steps per case (after two warm-up steps).
         dtype: "float32" or "float64".
         ptxas: print the ptxas resource usage of the CUDA kernels.
-        out: text stream for the report.
+        out: text stream for the report (default: sys.stdout at call time).
 
     Returns:
         The per-case result dicts.
 
     Raises:
-        ValueError: unknown model or backend, empty selection, threads or repeats < 1, size < 30.
+        ValueError: unknown model or backend, empty selection, threads or repeats < 1, size < 1.
     """
     for name, chosen, allowed in (("model", models, MODELS), ("backend", backends, BACKENDS),
                                   ("dtype", [dtype], ("float32", "float64"))):
@@ -266,6 +268,7 @@ def run_benchmark(models: Sequence[str] = MODELS, sizes: Sequence[int] = DEFAULT
             raise ValueError(f"unknown or no {name}(s) {bad}; choose from {', '.join(allowed)}")
     if threads < 1 or repeats < 1:
         raise ValueError(f"threads and repeats must be >= 1, got {threads} and {repeats}")
+    out = sys.stdout if out is None else out
     results = []
     print(f"viskrates bench: energy + forces per step, {dtype}, {threads} thread(s), best of {repeats} after 2 "
           f"warm-up steps; periodic TIP3P water boxes (OpenMM Modeller); one subprocess per case", file=out)
@@ -283,7 +286,8 @@ def run_benchmark(models: Sequence[str] = MODELS, sizes: Sequence[int] = DEFAULT
         print(line, file=out)
     for r in results:
         if not r.get("available"):
-            print(f"{r['model']} {r['backend']} ({r['atoms']} atoms) not available: {r['reason']}", file=out)
+            status = "failed" if r.get("failed") else "not available"
+            print(f"{r['model']} {r['backend']} ({r['atoms']} atoms) {status}: {r['reason']}", file=out)
     print("ms/step: best of the repeats; speed-up: reference ms / fused ms; peak RSS: ru_maxrss of the case's "
           "process; step dMiB: ru_maxrss minus the resident size before the first step", file=out)
     if ptxas:
