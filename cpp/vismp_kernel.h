@@ -60,11 +60,12 @@ struct Graph {
 template <typename T>
 struct VectorMessage {
   const T* vectors;    // [N, L, C] v̂, or nullptr when v̂ = 0 (first layer)
-  const T* scale;      // [E, C] s1
-  const T* shift;      // [E, C] s2
+  const T* scale;      // [E, ld_scale] s1 (first C columns)
+  const T* shift;      // [E, ld_shift] s2
   const T* harmonics;  // [E, L] Y
   const T* weights;    // [E] w, or nullptr for w = 1
   int64_t L, C;
+  int64_t ld_scale, ld_shift;  // row strides: s1 and s2 may be column blocks of one [E, 2C] projection
 };
 
 // The bodies below handle the W channels c0 .. c0+W-1 of one edge; W is a compile-time constant so that
@@ -75,8 +76,8 @@ template <int W, typename T>
 VISKRATES_HD void vector_message_edge(const VectorMessage<T>& p, int64_t e, int64_t j, int64_t c0, T* acc,
                                       int64_t ld) {
   const T wt = p.weights != nullptr ? p.weights[e] : T(1);
-  const T* s1 = p.scale + e * p.C + c0;
-  const T* s2 = p.shift + e * p.C + c0;
+  const T* s1 = p.scale + e * p.ld_scale + c0;
+  const T* s2 = p.shift + e * p.ld_shift + c0;
   const T* y = p.harmonics + e * p.L;
   for (int64_t m = 0; m < p.L; ++m) {
     T* a = acc + m * ld;
@@ -97,8 +98,8 @@ template <int W, typename T>
 VISKRATES_HD void vector_message_edge_backward(const VectorMessage<T>& p, const T* g, int64_t e, int64_t i, int64_t j,
                                                int64_t c0, T* grad_scale, T* grad_shift, T* gy, T* gw) {
   const T wt = p.weights != nullptr ? p.weights[e] : T(1);
-  const T* s1 = p.scale + e * p.C + c0;
-  const T* s2 = p.shift + e * p.C + c0;
+  const T* s1 = p.scale + e * p.ld_scale + c0;
+  const T* s2 = p.shift + e * p.ld_shift + c0;
   const T* y = p.harmonics + e * p.L;
   T d1[W], d2[W];
   for (int w = 0; w < W; ++w) d1[w] = d2[w] = T(0);
@@ -130,7 +131,7 @@ template <int W, typename T>
 VISKRATES_HD void vector_message_edge_backward_sender(const VectorMessage<T>& p, const T* g, int64_t e, int64_t i,
                                                       int64_t c0, T* acc, int64_t ld) {
   const T wt = p.weights != nullptr ? p.weights[e] : T(1);
-  const T* s1 = p.scale + e * p.C + c0;
+  const T* s1 = p.scale + e * p.ld_scale + c0;
   for (int64_t m = 0; m < p.L; ++m) {
     T* a = acc + m * ld;
     const T* gm = g + (i * p.L + m) * p.C + c0;
