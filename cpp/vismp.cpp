@@ -366,12 +366,15 @@ at::Tensor attention_cpu(const at::Tensor& row_ptr, const at::Tensor& receivers,
     const int64_t* rp = in.graph.row_ptr.data_ptr<int64_t>();
     const int64_t* snd = in.graph.senders.data_ptr<int64_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        for (int64_t e = rp[i]; e < rp[i + 1]; ++e) {
-          for (int64_t h = 0; h < H; ++h) vismp::attention_edge(p, e, i, snd[e], h, o);
+    vismp::with_head_width(p.D, [&](auto width) {
+      constexpr int D0 = decltype(width)::value;
+      at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          for (int64_t e = rp[i]; e < rp[i + 1]; ++e) {
+            for (int64_t h = 0; h < H; ++h) vismp::attention_edge<D0>(p, e, i, snd[e], h, o);
+          }
         }
-      }
+      });
     });
   });
   return out;
@@ -407,22 +410,27 @@ AttentionGrads attention_backward_cpu(const at::Tensor& grad, const at::Tensor& 
     scalar_t* gdk = grad_key_filter.data_ptr<scalar_t>();
     scalar_t* gdv = grad_value_filter.data_ptr<scalar_t>();
     scalar_t* gw = grad_weights.data_ptr<scalar_t>();
-    at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        for (int64_t e = rp[i]; e < rp[i + 1]; ++e) {
-          scalar_t sum = scalar_t(0);
-          for (int64_t h = 0; h < H; ++h) sum += vismp::attention_edge_backward(p, gp, e, i, snd[e], h, gq, gdk, gdv);
-          gw[e] = sum;
+    vismp::with_head_width(p.D, [&](auto width) {
+      constexpr int D0 = decltype(width)::value;
+      at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          for (int64_t e = rp[i]; e < rp[i + 1]; ++e) {
+            scalar_t sum = scalar_t(0);
+            for (int64_t h = 0; h < H; ++h) {
+              sum += vismp::attention_edge_backward<D0>(p, gp, e, i, snd[e], h, gq, gdk, gdv);
+            }
+            gw[e] = sum;
+          }
         }
-      }
-    });
-    at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t j = begin; j < end; ++j) {
-        for (int64_t k = cp[j]; k < cp[j + 1]; ++k) {
-          const int64_t e = ce[k];
-          for (int64_t h = 0; h < H; ++h) vismp::attention_edge_backward_sender(p, gp, e, rcv[e], j, h, gk, gv);
+      });
+      at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t j = begin; j < end; ++j) {
+          for (int64_t k = cp[j]; k < cp[j + 1]; ++k) {
+            const int64_t e = ce[k];
+            for (int64_t h = 0; h < H; ++h) vismp::attention_edge_backward_sender<D0>(p, gp, e, rcv[e], j, h, gk, gv);
+          }
         }
-      }
+      });
     });
   });
   return {grad_query, grad_key, grad_value, grad_key_filter, grad_value_filter, grad_weights};
