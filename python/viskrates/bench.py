@@ -219,9 +219,9 @@ def ptxas_report(arch: str = "sm_80") -> List[str]:
     cpp = os.path.join(os.path.dirname(folder), "cpp")
     rows = [["file", "kernel", "registers", "smem B", "stack B", "spill st B", "spill ld B"]]
     for source in sorted(f for f in os.listdir(folder) if f.endswith(".cu")):
-        completed = subprocess.run([nvcc, "-std=c++17", "-O3", f"-arch={arch}", "-Xptxas", "-v", "-I", folder, "-I", cpp,
-                                    "-c", os.path.join(folder, source), "-o", os.devnull],
-                                   capture_output=True, text=True)
+        command = [nvcc, "-std=c++17", "-O3", f"-arch={arch}", "-Xptxas", "-v", "-I", folder, "-I", cpp, "-c",
+                   os.path.join(folder, source), "-o", os.devnull]
+        completed = subprocess.run(command, capture_output=True, text=True)
         if completed.returncode != 0:
             return [f"ptxas: skipped, nvcc failed on {source}: " + (completed.stderr.strip().splitlines() or [""])[-1]]
         kernel, stack, spill_st, spill_ld = None, "0", "0", "0"
