@@ -4,7 +4,7 @@ For each model (SO3LR, ViSNet), system size and backend, one MD-like step is tim
 the forces ``-dE/dR`` by autograd, on a periodic TIP3P water box built with OpenMM's ``Modeller`` (the same
 box for every backend; deterministic). Each case runs in its own Python subprocess, which reports
 
-* ms/step: the best of ``--repeats`` timed steps after two warm-up steps (best, not mean, because the
+* ms/step: the best of ``--repeats`` timed steps after one warm-up step (best, not mean, because the
   machine may be shared; the spread is printed as the median too);
 * cpu ms: the process CPU time of that best step (all threads; less sensitive than wall time to other
   processes competing for the cores, and equal to it for one thread on an idle machine);
@@ -141,8 +141,7 @@ def run_case(model: str, backend: str, system_path: str, threads: int, repeats: 
         torch.autograd.grad(energy.sum(), pos)
 
     rss_before = _resident_mib()
-    step()  # warm-up: allocator, first-call overheads
-    step()
+    step()  # warm-up: allocator, first-call overheads (eager models: one step suffices)
     times, cpu_times = [], []
     for _ in range(repeats):
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -256,7 +255,7 @@ def run_benchmark(models: Sequence[str] = MODELS, sizes: Sequence[int] = DEFAULT
         sizes: target atom counts of the water boxes.
         backends: subset of :data:`BACKENDS`.
         threads: torch intra-op threads per case.
-        repeats: timed steps per case (after two warm-up steps).
+        repeats: timed steps per case (after one warm-up step).
         dtype: "float32" or "float64".
         ptxas: print the ptxas resource usage of the CUDA kernels.
         out: text stream for the report (default: sys.stdout at call time).
@@ -276,8 +275,8 @@ def run_benchmark(models: Sequence[str] = MODELS, sizes: Sequence[int] = DEFAULT
         raise ValueError(f"threads and repeats must be >= 1, got {threads} and {repeats}")
     out = sys.stdout if out is None else out
     results = []
-    print(f"viskrates bench: energy + forces per step, {dtype}, {threads} thread(s), best of {repeats} after 2 "
-          f"warm-up steps; periodic TIP3P water boxes (OpenMM Modeller); one subprocess per case", file=out)
+    print(f"viskrates bench: energy + forces per step, {dtype}, {threads} thread(s), best of {repeats} after 1 "
+          f"warm-up step; periodic TIP3P water boxes (OpenMM Modeller); one subprocess per case", file=out)
     with tempfile.TemporaryDirectory(prefix="viskrates_bench_") as folder:
         for size in sizes:
             numbers, positions, box = water_box(size)
