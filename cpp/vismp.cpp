@@ -63,6 +63,16 @@ at::Tensor check_vismp_features(const char* op, const char* name, const at::Tens
   return t.contiguous();
 }
 
+at::Tensor check_vismp_rows(const char* op, const char* name, const at::Tensor& t, int64_t rows, int64_t columns,
+                            const at::Tensor& like) {
+  TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == rows && t.size(1) == columns, op, ": ", name, " has shape ",
+                    t.sizes(), ", expected [", rows, ", ", columns, "]");
+  TORCH_CHECK_VALUE(t.scalar_type() == like.scalar_type() && t.device() == like.device(), op, ": ", name,
+                    " must have the dtype and device of ", like.scalar_type(), ", ", like.device(), ", got ",
+                    t.scalar_type(), ", ", t.device());
+  return (t.stride(1) == 1 && t.stride(0) >= columns) ? t : t.contiguous();
+}
+
 // Receivers per parallel chunk: each one costs ~degree·L·C multiply-adds.
 constexpr int64_t kGrain = 8;
 
@@ -77,8 +87,9 @@ VectorMessageInputs check_vector_message(const at::Tensor& row_ptr, const at::Te
   const int64_t n = in.graph.num_nodes, e = in.graph.num_edges;
   TORCH_CHECK_VALUE(scale.is_floating_point() && scale.dim() == 2, op, ": scale must be a floating-point [E, C] tensor");
   in.C = scale.size(1);
-  in.scale = check_vismp_features(op, "scale", scale, {e, in.C}, scale);
-  in.shift = check_vismp_features(op, "shift", shift, {e, in.C}, scale);
+  // scale and shift keep their row stride (column blocks of one [E, 2C] projection are not copied)
+  in.scale = check_vismp_rows(op, "scale", scale, e, in.C, scale);
+  in.shift = check_vismp_rows(op, "shift", shift, e, in.C, scale);
   in.harmonics = check_vismp_features(op, "harmonics", harmonics, {e, -1}, scale);
   in.L = harmonics.size(1);
   TORCH_CHECK_VALUE(in.L >= 1 && in.L <= vismp::kMaxComponents, op, ": harmonics must have 1..",
@@ -104,7 +115,9 @@ vismp::VectorMessage<T> vector_message_params(const VectorMessageInputs& in) {
           in.harmonics.data_ptr<T>(),
           in.weights.defined() ? in.weights.data_ptr<T>() : nullptr,
           in.L,
-          in.C};
+          in.C,
+          in.scale.stride(0),
+          in.shift.stride(0)};
 }
 
 at::Tensor vector_message_cpu(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
@@ -353,12 +366,15 @@ at::Tensor attention_cpu(const at::Tensor& row_ptr, const at::Tensor& receivers,
     const int64_t* rp = in.graph.row_ptr.data_ptr<int64_t>();
     const int64_t* snd = in.graph.senders.data_ptr<int64_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        for (int64_t e = rp[i]; e < rp[i + 1]; ++e) {
-          for (int64_t h = 0; h < H; ++h) vismp::attention_edge(p, e, i, snd[e], h, o);
+    vismp::with_head_width(p.D, [&](auto width) {
+      constexpr int D0 = decltype(width)::value;
+      at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          for (int64_t e = rp[i]; e < rp[i + 1]; ++e) {
+            for (int64_t h = 0; h < H; ++h) vismp::attention_edge<D0>(p, e, i, snd[e], h, o);
+          }
         }
-      }
+      });
     });
   });
   return out;
@@ -394,22 +410,27 @@ AttentionGrads attention_backward_cpu(const at::Tensor& grad, const at::Tensor& 
     scalar_t* gdk = grad_key_filter.data_ptr<scalar_t>();
     scalar_t* gdv = grad_value_filter.data_ptr<scalar_t>();
     scalar_t* gw = grad_weights.data_ptr<scalar_t>();
-    at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        for (int64_t e = rp[i]; e < rp[i + 1]; ++e) {
-          scalar_t sum = scalar_t(0);
-          for (int64_t h = 0; h < H; ++h) sum += vismp::attention_edge_backward(p, gp, e, i, snd[e], h, gq, gdk, gdv);
-          gw[e] = sum;
+    vismp::with_head_width(p.D, [&](auto width) {
+      constexpr int D0 = decltype(width)::value;
+      at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          for (int64_t e = rp[i]; e < rp[i + 1]; ++e) {
+            scalar_t sum = scalar_t(0);
+            for (int64_t h = 0; h < H; ++h) {
+              sum += vismp::attention_edge_backward<D0>(p, gp, e, i, snd[e], h, gq, gdk, gdv);
+            }
+            gw[e] = sum;
+          }
         }
-      }
-    });
-    at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t j = begin; j < end; ++j) {
-        for (int64_t k = cp[j]; k < cp[j + 1]; ++k) {
-          const int64_t e = ce[k];
-          for (int64_t h = 0; h < H; ++h) vismp::attention_edge_backward_sender(p, gp, e, rcv[e], j, h, gk, gv);
+      });
+      at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t j = begin; j < end; ++j) {
+          for (int64_t k = cp[j]; k < cp[j + 1]; ++k) {
+            const int64_t e = ce[k];
+            for (int64_t h = 0; h < H; ++h) vismp::attention_edge_backward_sender<D0>(p, gp, e, rcv[e], j, h, gk, gv);
+          }
         }
-      }
+      });
     });
   });
   return {grad_query, grad_key, grad_value, grad_key_filter, grad_value_filter, grad_weights};

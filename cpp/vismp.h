@@ -28,7 +28,13 @@ VismpGraph check_vismp_graph(const char* op, const at::Tensor& row_ptr, const at
 at::Tensor check_vismp_features(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef shape,
                                 const at::Tensor& like);
 
-// Checked, contiguous inputs of vismp_vector_message (vectors and weights may be undefined).
+// Checks a floating-point [rows, columns] tensor like check_vismp_features, but keeps a row stride >= columns
+// (unit column stride), so column blocks of a wider tensor are read in place; copies other layouts.
+at::Tensor check_vismp_rows(const char* op, const char* name, const at::Tensor& t, int64_t rows, int64_t columns,
+                            const at::Tensor& like);
+
+// Checked inputs of vismp_vector_message (vectors and weights may be undefined): contiguous, except scale and
+// shift, which may be row-strided (check_vismp_rows).
 struct VectorMessageInputs {
   VismpGraph graph;
   at::Tensor vectors, scale, shift, harmonics, weights;

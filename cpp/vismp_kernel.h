@@ -34,6 +34,18 @@ namespace vismp {
 // Largest number of harmonic components: lmax = 2 gives (2 + 1)² − 1 = 8.
 constexpr int kMaxComponents = 8;
 
+// Calls f(std::integral_constant<int, D0>()) with D0 = D for the common attention head widths, so the CPU
+// launcher's channel loops have compile-time bounds and vectorise; D0 = 0 (runtime width) otherwise.
+template <typename F>
+inline void with_head_width(int64_t D, F&& f) {
+  switch (D) {
+    case 8: f(std::integral_constant<int, 8>()); break;
+    case 16: f(std::integral_constant<int, 16>()); break;
+    case 32: f(std::integral_constant<int, 32>()); break;
+    default: f(std::integral_constant<int, 0>()); break;
+  }
+}
+
 // Channel block of the CPU launcher.
 constexpr int kChannelBlock = 16;
 
@@ -60,11 +72,12 @@ struct Graph {
 template <typename T>
 struct VectorMessage {
   const T* vectors;    // [N, L, C] v̂, or nullptr when v̂ = 0 (first layer)
-  const T* scale;      // [E, C] s1
-  const T* shift;      // [E, C] s2
+  const T* scale;      // [E, ld_scale] s1 (first C columns)
+  const T* shift;      // [E, ld_shift] s2
   const T* harmonics;  // [E, L] Y
   const T* weights;    // [E] w, or nullptr for w = 1
   int64_t L, C;
+  int64_t ld_scale, ld_shift;  // row strides: s1 and s2 may be column blocks of one [E, 2C] projection
 };
 
 // The bodies below handle the W channels c0 .. c0+W-1 of one edge; W is a compile-time constant so that
@@ -75,8 +88,8 @@ template <int W, typename T>
 VISKRATES_HD void vector_message_edge(const VectorMessage<T>& p, int64_t e, int64_t j, int64_t c0, T* acc,
                                       int64_t ld) {
   const T wt = p.weights != nullptr ? p.weights[e] : T(1);
-  const T* s1 = p.scale + e * p.C + c0;
-  const T* s2 = p.shift + e * p.C + c0;
+  const T* s1 = p.scale + e * p.ld_scale + c0;
+  const T* s2 = p.shift + e * p.ld_shift + c0;
   const T* y = p.harmonics + e * p.L;
   for (int64_t m = 0; m < p.L; ++m) {
     T* a = acc + m * ld;
@@ -97,8 +110,8 @@ template <int W, typename T>
 VISKRATES_HD void vector_message_edge_backward(const VectorMessage<T>& p, const T* g, int64_t e, int64_t i, int64_t j,
                                                int64_t c0, T* grad_scale, T* grad_shift, T* gy, T* gw) {
   const T wt = p.weights != nullptr ? p.weights[e] : T(1);
-  const T* s1 = p.scale + e * p.C + c0;
-  const T* s2 = p.shift + e * p.C + c0;
+  const T* s1 = p.scale + e * p.ld_scale + c0;
+  const T* s2 = p.shift + e * p.ld_shift + c0;
   const T* y = p.harmonics + e * p.L;
   T d1[W], d2[W];
   for (int w = 0; w < W; ++w) d1[w] = d2[w] = T(0);
@@ -130,7 +143,7 @@ template <int W, typename T>
 VISKRATES_HD void vector_message_edge_backward_sender(const VectorMessage<T>& p, const T* g, int64_t e, int64_t i,
                                                       int64_t c0, T* acc, int64_t ld) {
   const T wt = p.weights != nullptr ? p.weights[e] : T(1);
-  const T* s1 = p.scale + e * p.C + c0;
+  const T* s1 = p.scale + e * p.ld_scale + c0;
   for (int64_t m = 0; m < p.L; ++m) {
     T* a = acc + m * ld;
     const T* gm = g + (i * p.L + m) * p.C + c0;
@@ -241,7 +254,8 @@ VISKRATES_HD void dihedral_edge_backward_sender(const Dihedral<T>& p, const T* g
 
 // ---- attention messages: m_e[c] = val_j[c]·dv_e[c]·(SiLU(S_e[h])·w_e), S_e[h] = Σ_{c∈h} q_i[c]·k_j[c]·dk_e[c] ----
 // (README "Equations" §3 "Message"; heads are consecutive blocks of D = C/H channels). One call handles one
-// edge and one head; the edge filters may be row-strided views (ld_*) of a wider projection.
+// edge and one head; the edge filters may be row-strided views (ld_*) of a wider projection. D0 > 0 is the head
+// width D as a compile-time constant (CPU launcher), D0 = 0 reads it from p.D (CUDA launcher).
 
 template <typename T>
 struct Attention {
@@ -254,13 +268,14 @@ struct Attention {
   int64_t C, D, ld_key_filter, ld_value_filter;
 };
 
-template <typename T>
+template <int D0, typename T>
 VISKRATES_HD T attention_score(const Attention<T>& p, int64_t e, int64_t i, int64_t j, int64_t h) {
-  const T* q = p.query + i * p.C + h * p.D;
-  const T* k = p.key + j * p.C + h * p.D;
-  const T* dk = p.key_filter + e * p.ld_key_filter + h * p.D;
+  const int64_t D = D0 > 0 ? D0 : p.D;
+  const T* q = p.query + i * p.C + h * D;
+  const T* k = p.key + j * p.C + h * D;
+  const T* dk = p.key_filter + e * p.ld_key_filter + h * D;
   T score = T(0);
-  for (int64_t d = 0; d < p.D; ++d) score += q[d] * k[d] * dk[d];
+  for (int64_t d = 0; d < D; ++d) score += q[d] * k[d] * dk[d];
   return score;
 }
 
@@ -274,31 +289,33 @@ VISKRATES_HD T sigmoid(T x) {
 }
 
 // out[e * C + c] = m_e[c] for the channels of head h.
-template <typename T>
+template <int D0, typename T>
 VISKRATES_HD void attention_edge(const Attention<T>& p, int64_t e, int64_t i, int64_t j, int64_t h, T* out) {
-  const T score = attention_score(p, e, i, j, h);
+  const int64_t D = D0 > 0 ? D0 : p.D;
+  const T score = attention_score<D0>(p, e, i, j, h);
   const T a = score * sigmoid(score) * p.weights[e];
-  const T* v = p.value + j * p.C + h * p.D;
-  const T* dv = p.value_filter + e * p.ld_value_filter + h * p.D;
-  T* o = out + e * p.C + h * p.D;
-  for (int64_t d = 0; d < p.D; ++d) o[d] = (v[d] * dv[d]) * a;
+  const T* v = p.value + j * p.C + h * D;
+  const T* dv = p.value_filter + e * p.ld_value_filter + h * D;
+  T* o = out + e * p.C + h * D;
+  for (int64_t d = 0; d < D; ++d) o[d] = (v[d] * dv[d]) * a;
 }
 
 // Upstream gradient of the attention coefficient of (edge e, head h) and its chain factors:
 // returns dL/dS and sets *a = SiLU(S)·w, *silu = SiLU(S), *grad_a = dL/dA.
-template <typename T>
+template <int D0, typename T>
 VISKRATES_HD T attention_grad_score(const Attention<T>& p, const T* g, int64_t e, int64_t i, int64_t j, int64_t h, T* a,
                                     T* silu, T* grad_a) {
-  const T score = attention_score(p, e, i, j, h);
+  const int64_t D = D0 > 0 ? D0 : p.D;
+  const T score = attention_score<D0>(p, e, i, j, h);
   const T sig = sigmoid(score);
   const T w = p.weights[e];
   *silu = score * sig;
   *a = *silu * w;
-  const T* v = p.value + j * p.C + h * p.D;
-  const T* dv = p.value_filter + e * p.ld_value_filter + h * p.D;
-  const T* ge = g + e * p.C + h * p.D;
+  const T* v = p.value + j * p.C + h * D;
+  const T* dv = p.value_filter + e * p.ld_value_filter + h * D;
+  const T* ge = g + e * p.C + h * D;
   T ga = T(0);
-  for (int64_t d = 0; d < p.D; ++d) ga += ge[d] * v[d] * dv[d];
+  for (int64_t d = 0; d < D; ++d) ga += ge[d] * v[d] * dv[d];
   *grad_a = ga;
   return ga * w * sig * (T(1) + score * (T(1) - sig));
 }
@@ -306,19 +323,20 @@ VISKRATES_HD T attention_grad_score(const Attention<T>& p, const T* g, int64_t e
 // Receiver pass of the backward for (edge e, head h), g = dL/dm [E, C]: writes dL/ddk_e and dL/ddv_e
 // (contiguous [E, C]) for the head's channels, adds dL/dq_i to grad_query[i] and returns this head's share
 // of dL/dw_e.
-template <typename T>
+template <int D0, typename T>
 VISKRATES_HD T attention_edge_backward(const Attention<T>& p, const T* g, int64_t e, int64_t i, int64_t j, int64_t h,
                                        T* grad_query, T* grad_key_filter, T* grad_value_filter) {
+  const int64_t D = D0 > 0 ? D0 : p.D;
   T a, silu, grad_a;
-  const T grad_score = attention_grad_score(p, g, e, i, j, h, &a, &silu, &grad_a);
-  const int64_t c0 = h * p.D;
+  const T grad_score = attention_grad_score<D0>(p, g, e, i, j, h, &a, &silu, &grad_a);
+  const int64_t c0 = h * D;
   const T* q = p.query + i * p.C + c0;
   const T* k = p.key + j * p.C + c0;
   const T* v = p.value + j * p.C + c0;
   const T* dk = p.key_filter + e * p.ld_key_filter + c0;
   const T* ge = g + e * p.C + c0;
   T* gq = grad_query + i * p.C + c0;
-  for (int64_t d = 0; d < p.D; ++d) {
+  for (int64_t d = 0; d < D; ++d) {
     grad_value_filter[e * p.C + c0 + d] = ge[d] * v[d] * a;
     grad_key_filter[e * p.C + c0 + d] = grad_score * q[d] * k[d];
     gq[d] += grad_score * k[d] * dk[d];
@@ -327,19 +345,20 @@ VISKRATES_HD T attention_edge_backward(const Attention<T>& p, const T* g, int64_
 }
 
 // Sender pass for (edge e, head h): adds dL/dk_j and dL/dval_j to grad_key[j], grad_value[j].
-template <typename T>
+template <int D0, typename T>
 VISKRATES_HD void attention_edge_backward_sender(const Attention<T>& p, const T* g, int64_t e, int64_t i, int64_t j,
                                                  int64_t h, T* grad_key, T* grad_value) {
+  const int64_t D = D0 > 0 ? D0 : p.D;
   T a, silu, grad_a;
-  const T grad_score = attention_grad_score(p, g, e, i, j, h, &a, &silu, &grad_a);
-  const int64_t c0 = h * p.D;
+  const T grad_score = attention_grad_score<D0>(p, g, e, i, j, h, &a, &silu, &grad_a);
+  const int64_t c0 = h * D;
   const T* q = p.query + i * p.C + c0;
   const T* dk = p.key_filter + e * p.ld_key_filter + c0;
   const T* dv = p.value_filter + e * p.ld_value_filter + c0;
   const T* ge = g + e * p.C + c0;
   T* gk = grad_key + j * p.C + c0;
   T* gv = grad_value + j * p.C + c0;
-  for (int64_t d = 0; d < p.D; ++d) {
+  for (int64_t d = 0; d < D; ++d) {
     gk[d] += grad_score * q[d] * dk[d];
     gv[d] += ge[d] * dv[d] * a;
   }

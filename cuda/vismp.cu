@@ -135,7 +135,7 @@ __global__ void attention_kernel(const vismp::Graph<T> graph, int64_t n, int64_t
   if (t >= n * heads) return;
   const int64_t i = t / heads, h = t % heads;
   for (int64_t e = graph.row_ptr[i]; e < graph.row_ptr[i + 1]; ++e) {
-    vismp::attention_edge(p, e, i, graph.senders[e], h, out);
+    vismp::attention_edge<0>(p, e, i, graph.senders[e], h, out);
   }
 }
 
@@ -148,7 +148,8 @@ __global__ void attention_receivers_backward_kernel(const vismp::Graph<T> graph,
   const int64_t i = t / heads, h = t % heads;
   for (int64_t e = graph.row_ptr[i]; e < graph.row_ptr[i + 1]; ++e) {
     grad_weight_heads[e * heads + h] =
-        vismp::attention_edge_backward(p, g, e, i, graph.senders[e], h, grad_query, grad_key_filter, grad_value_filter);
+        vismp::attention_edge_backward<0>(p, g, e, i, graph.senders[e], h, grad_query, grad_key_filter,
+                                          grad_value_filter);
   }
 }
 
@@ -161,7 +162,7 @@ __global__ void attention_senders_backward_kernel(const vismp::Graph<T> graph, i
   const int64_t j = t / heads, h = t % heads;
   for (int64_t k = graph.col_ptr[j]; k < graph.col_ptr[j + 1]; ++k) {
     const int64_t e = graph.col_edges[k];
-    vismp::attention_edge_backward_sender(p, g, e, graph.receivers[e], j, h, grad_key, grad_value);
+    vismp::attention_edge_backward_sender<0>(p, g, e, graph.receivers[e], j, h, grad_key, grad_value);
   }
 }
 

@@ -33,7 +33,9 @@ vismp::VectorMessage<T> vector_message_pointers(const VectorMessageInputs& in) {
           in.harmonics.data_ptr<T>(),
           in.weights.defined() ? in.weights.data_ptr<T>() : nullptr,
           in.L,
-          in.C};
+          in.C,
+          in.scale.stride(0),
+          in.shift.stride(0)};
 }
 
 cudaStream_t stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }

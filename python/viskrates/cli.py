@@ -1,4 +1,4 @@
-"""Command line: ``viskrates simulate STRUCTURE.pdb``."""
+"""Command line: ``viskrates simulate STRUCTURE.pdb``, ``viskrates bench``."""
 import argparse
 import dataclasses
 import sys
@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=defaults["seed"], help="random seed (default: %(default)s)")
     sim.add_argument("--no-progress", action="store_true", help="no progress bar")
     sim.set_defaults(run=_simulate)
+
+    from . import bench as bench_module
+
+    bench = commands.add_parser("bench", help="time energy + forces, fused kernels vs PyTorch reference",
+                                description=bench_module.__doc__.splitlines()[0])
+    bench_module.add_arguments(bench)
+    bench.set_defaults(run=bench_module.run_from_arguments)
     return parser
 
 

@@ -389,3 +389,69 @@ def euclidean_attention(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col
                                                    filter_ptr, filter_edges, x_query, x_key, x_value, x_filter,
                                                    ev_query, ev_key, ev_filter, harmonics, cutoff_values,
                                                    normalization)
+# ---- runtime geometry calculation of ViSNet (Wang et al., Nat. Commun. 15, 313 (2024)) -----------------
+
+
+def rgc_geometry_reference(edge_vectors: Tensor, receivers: Tensor, senders: Tensor, cutoff: float, lmax: int,
+                           means: Tensor, betas: Tensor, alpha: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """ViSNet's per-edge geometry ("runtime geometry calculation"), the specification of
+    ``viskrates::rgc_geometry``: for the edge (j → i) with vector ``v``, ``d = |v|``, ``u = v/d``,
+
+    * harmonics ``Y = (u_x, u_y, u_z)`` and, for lmax 2, ``(√3·xz, √3·xy, y² − (x² + z²)/2, √3·yz,
+      (√3/2)(z² − x²))`` of u (PyG ViSNet's ``Sphere``; :func:`viskrates.nn.vismp.spherical_harmonics`);
+      for lmax 1 Y is the direction unit u, for lmax 2 its first three columns are;
+    * the cosine cutoff ``φ = ½(cos(πd/cutoff) + 1)`` for d < cutoff, else 0 (:func:`viskrates.nn.cosine_cutoff`);
+    * the radial features ``ρ[k] = φ·exp(−β_k (exp(−α·d) − μ_k)²)`` (ExpNormal basis times φ,
+      :class:`viskrates.nn.ExpNormalSmearing`; ViSNet uses α = 5/cutoff).
+
+    Self-loops (``receivers == senders``) have ``d = 0``: Y = 0, φ = 1, ρ[k] = exp(−β_k (1 − μ_k)²), and do
+    not depend on their vector (zero gradient). The angle and dihedral terms need no further per-edge
+    geometry: they are evaluated from Y inside the ``vismp_*`` kernels.
+
+    Args:
+        edge_vectors: [E, 3] ``R_j − R_i (+ shift)`` (Å), float32/float64.
+        receivers, senders: [E] int64 (only compared, to find the self-loops).
+        cutoff: r_c (Å), > 0.
+        lmax: 1 or 2.
+        means, betas: [K] μ_k (dimensionless) and β_k, dtype of ``edge_vectors``.
+        alpha: α (1/Å).
+
+    Returns:
+        ``(harmonics [E, L], cutoff_weights [E], radial [E, K])`` with ``L = 3`` (lmax 1) or 8 (lmax 2), dtype of
+        ``edge_vectors``.
+    """
+    is_self = receivers == senders
+    squared = (edge_vectors * edge_vectors).sum(-1)
+    ones = torch.ones_like(squared)
+    safe = torch.sqrt(torch.where(is_self, ones, squared))
+    distances = torch.where(is_self, torch.zeros_like(squared), safe)
+    units = torch.where(is_self.unsqueeze(-1), torch.zeros_like(edge_vectors),
+                        edge_vectors / safe.unsqueeze(-1))
+    if lmax == 1:
+        harmonics = units
+    else:
+        x, y, z = units[:, 0], units[:, 1], units[:, 2]
+        sqrt3 = 3.0 ** 0.5
+        harmonics = torch.stack([x, y, z, sqrt3 * x * z, sqrt3 * x * y, y * y - 0.5 * (x * x + z * z),
+                                 sqrt3 * y * z, 0.5 * sqrt3 * (z * z - x * x)], dim=-1)
+    phi = 0.5 * (torch.cos(distances * (torch.pi / cutoff)) + 1.0)
+    phi = torch.where(distances < cutoff, phi, torch.zeros_like(phi))
+    shifted = torch.exp(-alpha * distances).unsqueeze(-1) - means
+    radial = torch.exp(-betas * shifted * shifted) * phi.unsqueeze(-1)
+    return harmonics, phi, radial
+
+
+def rgc_geometry(edge_vectors: Tensor, receivers: Tensor, senders: Tensor, cutoff: float, lmax: int,
+                 means: Tensor, betas: Tensor, alpha: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """Fused :func:`rgc_geometry_reference` (``torch.ops.viskrates.rgc_geometry``): one pass over the edges, no
+    [E] or [E, K] temporaries beyond the outputs. Same arguments and results; float32/float64, CPU or CUDA.
+    C++ backward to ``edge_vectors`` and, when they require grad (trainable RBF), to ``means`` and ``betas``;
+    deterministic; no double backward (RuntimeError under ``create_graph=True``).
+
+    Raises:
+        ValueError: wrong shapes, dtypes or devices, lmax not 1 or 2, a non-positive or non-finite cutoff,
+            a non-finite alpha.
+    """
+    harmonics, weights, radial = torch.ops.viskrates.rgc_geometry(edge_vectors, receivers, senders, cutoff, lmax,
+                                                                  means, betas, alpha)
+    return harmonics, weights, radial

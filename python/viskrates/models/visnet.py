@@ -19,9 +19,10 @@ Differences from PyG, by design:
 * Forces come from autograd outside the model (``derivative`` is accepted and ignored).
 
 Execution paths (DESIGN.md §3): ``backend='reference'`` (default) runs plain PyTorch ops;
-``backend='fused'`` computes the attention messages, the vector messages and the dihedral term of every
-ViS-MP layer with the fused kernels ``viskrates.ops.vismp_attention``, ``vismp_vector_message`` and
-``vismp_dihedral`` (no gathered per-edge copies of atom features, no [E, L, C] intermediates, C++
+``backend='fused'`` computes the per-edge geometry (harmonics, cosine cutoff, radial features) in one pass
+with ``viskrates.ops.rgc_geometry`` and the attention messages, the vector messages and the dihedral term
+of every ViS-MP layer with the fused kernels ``viskrates.ops.vismp_attention``, ``vismp_vector_message``
+and ``vismp_dihedral`` (no gathered per-edge copies of atom features, no [E, L, C] intermediates, C++
 backward, CPU and CUDA). Both give the same energies and forces to rounding; the fused
 backward is not differentiable again, so training on forces needs the reference backend.
 """
@@ -36,7 +37,7 @@ from ..elements import ELEMENT_SYMBOLS, describe_element
 from ..nn.cutoff import cosine_cutoff
 from ..nn.radial import ExpNormalSmearing
 from ..nn.vismp import ViSMPLayer, edge_directions, segment_sum, spherical_harmonics, xavier_blocks
-from ..ops import neighbor_list, vismp_graph
+from ..ops import neighbor_list, rgc_geometry, vismp_graph
 
 # PyG parameters that provably never influence the energy and have no counterpart here: the vector
 # output of the last gated block (PyG adds 0·Σv') and the initial copy of the atom reference.
@@ -269,10 +270,14 @@ class ViSNet(nn.Module):
         """
         num_atoms = atomic_numbers.shape[0]
         c = self.hidden_channels
-        distances, units = edge_directions(edge_vectors, receivers, senders)
-        harmonics = spherical_harmonics(units, self.lmax)
-        phi = cosine_cutoff(distances, self.cutoff)
-        rbf = self.radial(distances) * phi.unsqueeze(-1)
+        if self.backend == "fused":
+            harmonics, phi, rbf = rgc_geometry(edge_vectors, receivers, senders, self.cutoff, self.lmax,
+                                               self.radial.means, self.radial.betas, self.radial.alpha)
+        else:
+            distances, units = edge_directions(edge_vectors, receivers, senders)
+            harmonics = spherical_harmonics(units, self.lmax)
+            phi = cosine_cutoff(distances, self.cutoff)
+            rbf = self.radial(distances) * phi.unsqueeze(-1)
         neighbor_filter, edge_filter = self.radial_proj(rbf).split(c, dim=-1)
         neighbor_weight = torch.where(receivers == senders, torch.zeros_like(phi), phi)
         neighbor_messages = (self.neighbor_embedding(atomic_numbers).index_select(0, senders) * neighbor_filter

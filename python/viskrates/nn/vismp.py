@@ -332,7 +332,13 @@ class ViSMPLayer(nn.Module):
         key_filter, value_filter = filters[0], filters[1]
         messages = scalar_messages(query, key, value, key_filter, value_filter, edge_weights, receivers, senders,
                                    self.num_heads, graph)
-        scale, shift = F.silu(self.s_proj(messages)).split(c, dim=-1)
+        if vectors_are_zero:
+            # with v = 0 the scale s1 multiplies nothing, so only the shift rows of s_proj are evaluated; the
+            # op's unused scale argument gets a detached stand-in (no gradient flows through it)
+            shift = F.silu(F.linear(messages, self.s_proj.weight[c:], self.s_proj.bias[c:]))
+            scale = shift.detach()
+        else:
+            scale, shift = F.silu(self.s_proj(messages)).split(c, dim=-1)
         vector_weights: Optional[Tensor] = None
         if vector_cutoff:
             vector_weights = edge_weights
@@ -349,5 +355,5 @@ class ViSMPLayer(nn.Module):
         dv = projected[2] * o1.unsqueeze(1) + aggregated
         if self.update_edges:
             dihedral = dihedral_term(projected[3], projected[4], harmonics, receivers, senders, graph)
-            edge_features = edge_features + filters[2] * dihedral
+            edge_features = torch.addcmul(edge_features, filters[2], dihedral)
         return x + dx, vectors + dv, edge_features
