@@ -1,4 +1,4 @@
 """OpenMM coupling: forces from viskrates models and the openmm-ml plugin."""
-from .force import OpenMMModel, check_elements, create_force, topology_atomic_numbers
+from .force import OpenMMModel, check_elements, create_force, topology_atomic_numbers, torchforce_unavailable_reason
 
-__all__ = ["OpenMMModel", "check_elements", "create_force", "topology_atomic_numbers"]
+__all__ = ["OpenMMModel", "check_elements", "create_force", "topology_atomic_numbers", "torchforce_unavailable_reason"]
