@@ -6,7 +6,7 @@ kJ/mol, so that forces in kJ/mol/nm are plain autograd gradients with respect to
 """
 import io
 import os
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import openmm
@@ -66,15 +66,28 @@ class OpenMMModel(torch.nn.Module):
         self.energy_scale = EV_TO_KJ_PER_MOL
 
     def forward(self, positions: Tensor, box_vectors: Optional[Tensor] = None) -> Tensor:
+        return self._model_outputs(positions, box_vectors)["energy"].sum() * self.energy_scale
+
+    def partial_charges(self, positions: Tensor, box_vectors: Optional[Tensor] = None) -> Tensor:
+        """The model's partial charges [N] (e) at ``positions`` [N, 3] nm (charge-predicting models, SO3LR).
+
+        Raises:
+            ValueError: the model predicts no partial charges.
+        """
+        out = self._model_outputs(positions, box_vectors)
+        if "partial_charges" not in out:
+            raise ValueError(f"{type(self.model).__name__} predicts no partial charges")
+        return out["partial_charges"]
+
+    def _model_outputs(self, positions: Tensor, box_vectors: Optional[Tensor]) -> Dict[str, Tensor]:
         dtype = self.total_charge.dtype
         box: Optional[Tensor] = None
         if self.periodic:
             if box_vectors is None:
                 raise ValueError("this force is periodic but no box vectors were given")
             box = box_vectors.to(dtype) * self.length_scale
-        out = self.model(self.atomic_numbers, positions.to(dtype) * self.length_scale, box, None,
-                         self.total_charge)
-        return out["energy"].sum() * self.energy_scale
+        return self.model(self.atomic_numbers, positions.to(dtype) * self.length_scale, box, None,
+                          self.total_charge)
 
 
 class _Evaluator:
