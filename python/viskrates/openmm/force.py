@@ -222,7 +222,10 @@ def create_force(model: torch.nn.Module, atomic_numbers: Sequence[int], atoms: O
             (see :func:`torchforce_unavailable_reason`), else PythonForce. Both give the same energies
             and forces. A System holding a TorchForce serialises the TorchScript module itself; the
             viskrates op library must be loaded (``import viskrates``) before such a System is
-            deserialised or a Context is created from it.
+            deserialised or a Context is created from it. Known defect of the tested stack:
+            acellera-openmmtorch 1.6 with PyPI's OpenMM 8.6.1 serialises a TorchForce but crashes the
+            process (segfault in its TorchForceProxy::deserialize) when reading it back; use
+            ``'python'`` for Systems you write with ``XmlSerializer``.
 
     Returns:
         The force (energy in kJ/mol, forces in kJ/mol/nm). Add it with ``system.addForce(force)``.
