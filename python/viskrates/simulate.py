@@ -184,13 +184,39 @@ def build_system(settings: SimulationSettings):
     ml_atoms = select_ml_atoms(topology, n_solute, settings.ml_region)
 
     potential = MLPotential(settings.model, lrCutoff=settings.lr_cutoff_angstrom)
-    if settings.ml_region == "all":
+    if settings.ml_region == "all" and settings.model == "so3lr":
+        system = _full_ml_pme_system(topology, positions, settings)
+    elif settings.ml_region == "all":
         system = potential.createSystem(topology, precision=settings.precision)
     else:
         mm_system = forcefield.createSystem(topology, nonbondedMethod=app.PME, nonbondedCutoff=1.0 * unit.nanometer,
                                             constraints=app.HBonds, rigidWater=True)
         system = potential.createMixedSystem(topology, mm_system, ml_atoms, precision=settings.precision)
     return topology, positions, system, ml_atoms
+
+
+def _full_ml_pme_system(topology: app.Topology, positions, settings: SimulationSettings) -> openmm.System:
+    """A fully SO3LR System whose electrostatics are the periodic Ewald sum of SO3LR's charges, via the PME
+    hand-off (:func:`viskrates.openmm.add_pme_handoff`) instead of SO3LR's shifted-force truncation.
+
+    The fixed hand-off charges q* are the model's charges of the solvated input structure; the hand-off is
+    exact for them and approximate (smoothly, energy-conserving) as the charges change during the run.
+    No constraints (the ML model has its own bonds; 0.5 fs is the default time step for this region).
+    """
+    import torch
+
+    from .models import SO3LR
+    from .openmm import add_pme_handoff, topology_atomic_numbers
+
+    system = openmm.System()
+    for atom in topology.atoms():
+        system.addParticle(atom.element.mass)
+    system.setDefaultPeriodicBoxVectors(*topology.getPeriodicBoxVectors())
+    model = SO3LR(lr_cutoff=settings.lr_cutoff_angstrom).to(torch.float64 if settings.precision == "double"
+                                                              else torch.float32)
+    add_pme_handoff(system, model, topology_atomic_numbers(topology), positions)
+    system.addForce(openmm.CMMotionRemover())
+    return system
 
 
 def _read_log(path: str) -> dict:

@@ -37,7 +37,7 @@ def _ml_region_charge(system: openmm.System, atoms: Optional[Iterable[int]]) -> 
 
 
 class ViskratesPotentialImpl(MLPotentialImpl):
-    """Adds a viskrates model to a System as an ``openmm.PythonForce``.
+    """Adds a viskrates model to a System as an ``openmm.PythonForce`` or ``openmmtorch.TorchForce``.
 
     Constructor arguments (given to ``MLPotential(name, ...)``):
         name: ``'so3lr'`` (the packaged pretrained SO3LR) or ``'visnet'``.
@@ -50,6 +50,9 @@ class ViskratesPotentialImpl(MLPotentialImpl):
         precision: ``'single'`` (default) or ``'double'``.
         charge: net charge of the ML region (e). Default: the rounded sum of the System's force-field
             charges of the ML atoms (0 for a System without a NonbondedForce).
+        backend: ``'python'`` (default, ``openmm.PythonForce``), ``'torch'`` (``openmmtorch.TorchForce``;
+            RuntimeError without a working openmm-torch) or ``'auto'``; see
+            :func:`viskrates.openmm.create_force`.
     """
 
     def __init__(self, name: str, modelPath: Optional[str] = None, modelConfig: Optional[dict] = None,
@@ -69,7 +72,8 @@ class ViskratesPotentialImpl(MLPotentialImpl):
         return ViSNet.from_pyg_state_dict(state_dict, **self.modelConfig)
 
     def addForces(self, topology: openmm.app.Topology, system: openmm.System, atoms: Optional[Iterable[int]],
-                  forceGroup: int, precision: str = "single", charge: Optional[float] = None, **args):
+                  forceGroup: int, precision: str = "single", charge: Optional[float] = None,
+                  backend: str = "python", **args):
         if precision not in _PRECISIONS:
             raise ValueError(f"precision must be 'single' or 'double', got {precision!r}")
         atoms = None if atoms is None else list(atoms)
@@ -78,7 +82,7 @@ class ViskratesPotentialImpl(MLPotentialImpl):
             charge = _ml_region_charge(system, atoms)
         model = self._create_model().to(_PRECISIONS[precision])
         periodic = topology.getPeriodicBoxVectors() is not None
-        force = create_force(model, numbers, atoms, total_charge=charge, periodic=periodic)
+        force = create_force(model, numbers, atoms, total_charge=charge, periodic=periodic, backend=backend)
         force.setForceGroup(forceGroup)
         system.addForce(force)
 
