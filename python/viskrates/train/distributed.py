@@ -34,15 +34,12 @@ def all_reduce_sum(values: Tensor, world_size: int) -> Tensor:
 
 
 def all_reduce_gradients(parameters: Sequence[torch.nn.Parameter]) -> None:
-    """Sum the ``.grad`` of every parameter over the ranks, in one flat buffer (one collective)."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    """Sum the ``.grad`` of every parameter (all must be set) over the ranks, in one flat buffer (one
+    collective)."""
+    flat = torch.cat([p.grad.reshape(-1) for p in parameters])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     offset = 0
-    for p, g in zip(parameters, grads):
-        n = g.numel()
-        if p.grad is None:
-            p.grad = flat[offset:offset + n].view_as(p).clone()
-        else:
-            p.grad.copy_(flat[offset:offset + n].view_as(p))
+    for p in parameters:
+        n = p.grad.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
         offset += n

@@ -353,6 +353,9 @@ class Trainer:
             loss = loss_terms(pred, batch, self.config.loss, counts)
             loss.backward()
             loss_value = loss.detach().double()
+        for p in self.parameters:
+            if p.grad is None:  # a parameter the loss does not reach (e.g. ViSNet's last edge update)
+                p.grad = torch.zeros_like(p)
         if self.world_size > 1:
             distributed.all_reduce_gradients(self.parameters)
             loss_value = distributed.all_reduce_sum(loss_value.reshape(1), self.world_size)[0]
