@@ -158,6 +158,47 @@ def test_short_training_lowers_the_loss(tmp_path):
     assert len(rows) == 9
 
 
+def test_so3krates_trains_from_scratch(tmp_path):
+    config = tiny_config(tmp_path, epochs=10)
+    config.model.name = "so3krates"
+    config.model.options = {"num_features": 16, "num_heads": 2, "lmax": 2, "num_layers": 1, "num_basis": 8,
+                             "cutoff": 4.0, "num_elements": 10}
+    config.optimizer.lr = 5e-3
+    trainer = Trainer(config)
+    part = batches(trainer.train_set, 9, False, 0, 0)[0]
+    before = trainer.compute_gradients(part)
+    trainer.fit()
+    assert trainer.compute_gradients(part) < 0.8 * before
+
+
+def test_so3lr_fine_tuning_with_dipoles(tmp_path):
+    structures = read_extxyz(ETHANOL, "eV")[:6]
+    path = tmp_path / "ethanol_dipoles.npz"
+    # NPZ in kJ/mol and Debye: labels for the dipole term (a fixed 1 D along x, not a DFT dipole)
+    np.savez(path, z=structures[0].atomic_numbers, R=np.stack([s.positions for s in structures]),
+             E=np.array([s.energy for s in structures]) * 96.48533212331002,
+             F=np.stack([s.forces for s in structures]) * 96.48533212331002,
+             dipole=np.tile([1.0, 0.0, 0.0], (6, 1)))
+    config = parse_config({
+        "model": {"name": "so3lr", "dtype": "float64", "options": {"lr_cutoff": None}},
+        "data": {"train": {"path": str(path), "energy_unit": "kJ/mol", "dipole_unit": "Debye"},
+                 "validation_fraction": 0.34},
+        "loss": {"energy_weight": 1.0, "forces_weight": 10.0, "dipole_weight": 10.0},
+        "optimizer": {"lr": 1e-4}, "scheduler": {"name": "constant"},
+        "training": {"epochs": 2, "batch_size": 2, "output_dir": str(tmp_path / "run"), "progress": False,
+                     "plots": False}})
+    trainer = Trainer(config)
+    assert trainer.train_set[0].dipole == pytest.approx([0.20819434, 0.0, 0.0])
+    # energy shifts are fitted to the residual of the pretrained model: its mean error is 0 at the start
+    assert float(np.mean([s.energy for s in trainer.train_set]) - np.mean(trainer.predict_energies(trainer.train_set))) \
+        == pytest.approx(0.0, abs=1e-9)
+    part = trainer.train_set
+    before = trainer.compute_gradients(part)
+    trainer.fit()
+    assert trainer.compute_gradients(part) < 0.5 * before
+    assert "val_dipole_mae_eA" in trainer.history[-1]
+
+
 def test_resume_continues_bitwise(tmp_path):
     straight = Trainer(tiny_config(tmp_path / "a", epochs=4))
     straight.fit()
