@@ -281,7 +281,10 @@ def _ddp_worker(rank, init_file, output_dir):
 def test_two_process_gloo_gradients_equal_single_process(tmp_path):
     import multiprocessing
 
-    # fork: the workers inherit the imported modules instead of importing torch and viskrates again
+    # the single-process reference first: the forked workers then inherit every module it imported
+    # (torch.optim imports torch._dynamo on first use, ~10 s), instead of importing them again
+    single = Trainer(tiny_config(tmp_path / "single"))
+    loss = single.compute_gradients(batches(single.train_set, 5, False, 0, 0)[0])
     context = multiprocessing.get_context("fork")
     init_file = str(tmp_path / "store")
     workers = [context.Process(target=_ddp_worker, args=(rank, init_file, str(tmp_path / f"rank{rank}")))
@@ -292,8 +295,6 @@ def test_two_process_gloo_gradients_equal_single_process(tmp_path):
         w.join(timeout=120)
     assert [w.exitcode for w in workers] == [0, 0]
 
-    single = Trainer(tiny_config(tmp_path / "single"))
-    loss = single.compute_gradients(batches(single.train_set, 5, False, 0, 0)[0])
     assert any(float(p.grad.abs().max()) > 0 for p in single.parameters)
     for rank in range(2):
         result = torch.load(str(tmp_path / f"rank{rank}.pt"))
