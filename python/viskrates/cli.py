@@ -61,8 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace) -> int:
     from .train import Trainer, load_config
 
+    import torch.distributed as dist
+
     trainer = Trainer(load_config(args.config), resume=args.resume)
     metrics = trainer.fit()
+    if dist.is_available() and dist.is_initialized():  # started by torchrun: leave the group cleanly
+        dist.destroy_process_group()
     if trainer.rank == 0:
         print(f"epoch {trainer.epoch}: validation energy MAE {metrics['val_energy_mae_meV']:.2f} meV, "
               f"force MAE {metrics['val_forces_mae_meV_per_A']:.2f} meV/Å (EMA weights)")
