@@ -246,6 +246,14 @@ def test_export_equals_in_memory_model_and_loads_in_openmm(tmp_path):
         results.append((energy.detach(), -torch.autograd.grad(energy.sum(), positions)[0]))
     assert torch.equal(results[0][0], results[1][0])
     torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=1e-12)
+    # the same weights on the fused kernels (inference backend chosen at export)
+    fused_path = str(tmp_path / "fused.pt")
+    assert export_checkpoint(checkpoint, fused_path, backend="fused")["model"]["backend"] == "fused"
+    fused, _ = load_exported(fused_path)
+    positions = torch.tensor(structure.positions, requires_grad=True)
+    energy = fused(torch.tensor(structure.atomic_numbers), positions, None, None, None)["energy"]
+    torch.testing.assert_close(energy.detach(), results[0][0], rtol=1e-13, atol=0)
+    torch.testing.assert_close(-torch.autograd.grad(energy.sum(), positions)[0], results[0][1], rtol=0, atol=1e-10)
 
     topology = app.Topology()
     residue = topology.addResidue("ETH", topology.addChain())
