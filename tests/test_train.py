@@ -133,6 +133,19 @@ def test_bad_config_through_cli(tmp_path, capsys):
     assert "unknown energy unit 'furlongs'" in capsys.readouterr().err
 
 
+def test_missing_labels_give_clear_error(tmp_path):
+    config = tiny_config(tmp_path)
+    config.model.name = "so3lr"
+    config.model.options = {}
+    config.loss.dipole_weight = 1.0
+    with pytest.raises(ValueError, match="training structure\\(s\\) have no dipole"):
+        Trainer(config)
+    config = tiny_config(tmp_path)
+    config.data.train.path = str(tmp_path / "missing.xyz")
+    with pytest.raises(FileNotFoundError, match="missing.xyz does not exist"):
+        Trainer(config)
+
+
 def test_ema_average_and_swap():
     p = torch.nn.Parameter(torch.tensor([0.0]))
     ema = ExponentialMovingAverage([p], decay=0.5)

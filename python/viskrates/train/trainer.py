@@ -157,36 +157,32 @@ def validate(model: nn.Module, structures: Sequence[Structure], config: TrainCon
              rank: int = 0, world_size: int = 1) -> Dict[str, float]:
     """Errors of ``model`` on ``structures``: loss, energy MAE/RMSE (meV per structure), force MAE/RMSE
     (meV/Å per component), dipole MAE (e·Å per component; if labelled). Sharded over the data-parallel ranks."""
-    sums = torch.zeros(len(_METRIC_SUMS), dtype=torch.float64)
-    weights = config.loss
-    need_forces = weights.forces_weight > 0 or all(s.forces is not None for s in structures)
+    sums = dict.fromkeys(_METRIC_SUMS, 0.0)
+    counts = {"structures": float(len(structures)),
+              "atoms": float(sum(len(s.atomic_numbers) for s in structures))}
     for part in batches(structures, config.training.validation_batch_size, False, 0, 0):
         mine = shard(part, rank, world_size)
         if not mine:
             continue
         batch = collate(mine, dtype)
-        counts = {"structures": float(len(structures)), "atoms": float(sum(len(s.atomic_numbers) for s in structures))}
-        pred = evaluate_batch(model, batch, need_forces and "forces" in batch, create_graph=False)
+        pred = evaluate_batch(model, batch, "forces" in batch, create_graph=False)
         with torch.no_grad():
-            values = dict.fromkeys(_METRIC_SUMS, 0.0)
-            if "energy" in batch and weights.energy_weight >= 0:
-                values["loss"] += float(loss_terms(pred, batch, weights, counts)) if "forces" in pred or \
-                    weights.forces_weight == 0 else 0.0
-                error = (pred["energy"] - batch["energy"]).double()
-                values["energy_abs"] = float(error.abs().sum())
-                values["energy_sq"] = float(error.pow(2).sum())
-            values["structures"] = float(len(mine))
-            if "forces" in pred:
+            sums["loss"] += float(loss_terms(pred, batch, config.loss, counts))
+            sums["structures"] += len(mine)
+            error = (pred["energy"] - batch["energy"]).double()
+            sums["energy_abs"] += float(error.abs().sum())
+            sums["energy_sq"] += float(error.pow(2).sum())
+            if "forces" in batch:
                 error = (pred["forces"] - batch["forces"]).double()
-                values["forces_abs"] = float(error.abs().sum())
-                values["forces_sq"] = float(error.pow(2).sum())
-                values["force_components"] = float(error.numel())
+                sums["forces_abs"] += float(error.abs().sum())
+                sums["forces_sq"] += float(error.pow(2).sum())
+                sums["force_components"] += error.numel()
             if "dipole" in batch and "dipole" in pred:
-                values["dipole_abs"] = float((pred["dipole"] - batch["dipole"]).abs().sum())
-                values["dipole_components"] = float(batch["dipole"].numel())
-            sums += torch.tensor([values[k] for k in _METRIC_SUMS], dtype=torch.float64)
-    sums = distributed.all_reduce_sum(sums, world_size)
-    s = dict(zip(_METRIC_SUMS, sums.tolist()))
+                sums["dipole_abs"] += float((pred["dipole"] - batch["dipole"]).abs().sum())
+                sums["dipole_components"] += batch["dipole"].numel()
+    total = distributed.all_reduce_sum(torch.tensor([sums[k] for k in _METRIC_SUMS], dtype=torch.float64),
+                                       world_size)
+    s = dict(zip(_METRIC_SUMS, total.tolist()))
     n, c = max(s["structures"], 1.0), max(s["force_components"], 1.0)
     metrics = {"loss": s["loss"], "energy_mae_meV": 1000 * s["energy_abs"] / n,
                "energy_rmse_meV": 1000 * math.sqrt(s["energy_sq"] / n),
@@ -195,6 +191,18 @@ def validate(model: nn.Module, structures: Sequence[Structure], config: TrainCon
     if s["dipole_components"] > 0:
         metrics["dipole_mae_eA"] = s["dipole_abs"] / s["dipole_components"]
     return metrics
+
+
+def check_labels(structures: Sequence[Structure], weights, name: str) -> None:
+    """Raise ValueError if a structure lacks a label that a non-zero loss weight (or validation) needs."""
+    needed = [("energy", True), ("forces", weights.forces_weight > 0), ("dipole", weights.dipole_weight > 0)]
+    for label, required in needed:
+        if not required:
+            continue
+        missing = [k for k, s in enumerate(structures) if getattr(s, label) is None]
+        if missing:
+            raise ValueError(f"{len(missing)} {name} structure(s) have no {label} (first: #{missing[0]}), but the "
+                             f"loss needs it; give the label (e.g. data.*.{label}_key) or set its weight to 0")
 
 
 # ---- data ----------------------------------------------------------------------------------------------------
@@ -263,6 +271,8 @@ class Trainer:
             torch.set_num_threads(t.num_threads)
         self.dtype = _DTYPES[config.model.dtype]
         self.train_set, self.validation_set, self.test_set = load_splits(config)
+        for structures, name in ((self.train_set, "training"), (self.validation_set, "validation")):
+            check_labels(structures, config.loss, name)
         self.data_hash = dataset_hash(self.train_set)
         self.elements = sorted({int(z) for s in self.train_set for z in s.atomic_numbers})
         torch.manual_seed(t.seed)
