@@ -88,6 +88,18 @@ def test_least_squares_energy_shifts_recover_per_element_energies():
     assert np.all(shifts[[0, 2, 3, 4, 5, 7, 9]] == 0)
 
 
+def test_isolated_atom_energy_shifts(tmp_path):
+    config = tiny_config(tmp_path)
+    config.data.energy_shifts = os.path.join(DATA, "ethanol_isolated_atoms.xyz")
+    trainer = Trainer(config)
+    # values of the file (eV), read by hand here
+    expected = {1: -13.568422383046626, 6: -1025.2770951782686, 7: -1479.0665594928669, 8: -2035.5709809589698}
+    for z, e0 in expected.items():
+        assert float(trainer.model.atomref[z]) == pytest.approx(e0, rel=1e-14)
+    assert float(trainer.model.std) == pytest.approx(
+        np.sqrt(np.mean(np.concatenate([s.forces.ravel() for s in trainer.train_set]) ** 2)), rel=1e-12)
+
+
 def test_split_is_seeded_and_disjoint():
     structures = read_extxyz(ETHANOL, "eV")
     a = split_dataset(structures, [0.25, 0.75], seed=5)
