@@ -158,6 +158,13 @@ def test_missing_labels_give_clear_error(tmp_path):
         Trainer(config)
 
 
+def test_stage_two_loss_weights():
+    config = tiny_config("unused")
+    config.loss.stage_two_epoch = 5
+    assert config.loss.at_epoch(4).energy_weight == 1.0
+    assert (config.loss.at_epoch(5).energy_weight, config.loss.at_epoch(5).forces_weight) == (1000.0, 100.0)
+
+
 def test_ema_average_and_swap():
     p = torch.nn.Parameter(torch.tensor([0.0]))
     ema = ExponentialMovingAverage([p], decay=0.5)
@@ -225,11 +232,16 @@ def test_so3lr_fine_tuning_with_dipoles(tmp_path):
 
 
 def test_resume_continues_bitwise(tmp_path):
-    straight = Trainer(tiny_config(tmp_path / "a", epochs=4))
+    def config(path, epochs):
+        values = tiny_config(path, epochs=epochs)
+        values.loss.stage_two_epoch = 3  # the resumed part crosses into stage two
+        return values
+
+    straight = Trainer(config(tmp_path / "a", 4))
     straight.fit()
-    first = Trainer(tiny_config(tmp_path / "b", epochs=2))
+    first = Trainer(config(tmp_path / "b", 2))
     first.fit()
-    resumed = Trainer(tiny_config(tmp_path / "b", epochs=4), resume=str(tmp_path / "b" / "checkpoint_last.pt"))
+    resumed = Trainer(config(tmp_path / "b", 4), resume=str(tmp_path / "b" / "checkpoint_last.pt"))
     assert resumed.epoch == 2 and resumed.step == first.step
     resumed.fit()
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):

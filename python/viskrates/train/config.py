@@ -47,6 +47,18 @@ class LossConfig:
     energy_weight: float = 1.0
     forces_weight: float = 100.0
     dipole_weight: float = 0.0
+    #: from this epoch on (0-based count of finished epochs) use the stage-two weights: a high energy weight
+    #: at the end, when the forces are learnt, fits the energies (MACE's second stage, Batatia et al. 2022)
+    stage_two_epoch: Optional[int] = None
+    stage_two_energy_weight: float = 1000.0
+    stage_two_forces_weight: float = 100.0
+
+    def at_epoch(self, epoch: int) -> "LossConfig":
+        """The weights in force during epoch ``epoch`` (0-based)."""
+        if self.stage_two_epoch is None or epoch < self.stage_two_epoch:
+            return self
+        return dataclasses.replace(self, energy_weight=self.stage_two_energy_weight,
+                                   forces_weight=self.stage_two_forces_weight)
 
 
 @dataclass
@@ -158,6 +170,8 @@ def _check(config: TrainConfig) -> None:
     for name in ("energy_weight", "forces_weight", "dipole_weight"):
         if getattr(loss, name) < 0:
             raise ValueError(f"loss.{name} must be ≥ 0, got {getattr(loss, name)}")
+    if loss.stage_two_epoch is not None and (loss.stage_two_energy_weight < 0 or loss.stage_two_forces_weight < 0):
+        raise ValueError("loss.stage_two_*_weight must be ≥ 0")
     if loss.energy_weight + loss.forces_weight + loss.dipole_weight == 0:
         raise ValueError("all loss weights are 0: nothing to train")
     if loss.dipole_weight > 0 and config.model.name != "so3lr":

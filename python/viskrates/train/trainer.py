@@ -154,9 +154,11 @@ _METRIC_SUMS = ("loss", "energy_abs", "energy_sq", "forces_abs", "forces_sq", "d
 
 
 def validate(model: nn.Module, structures: Sequence[Structure], config: TrainConfig, dtype: torch.dtype,
-             rank: int = 0, world_size: int = 1) -> Dict[str, float]:
-    """Errors of ``model`` on ``structures``: loss, energy MAE/RMSE (meV per structure), force MAE/RMSE
-    (meV/Å per component), dipole MAE (e·Å per component; if labelled). Sharded over the data-parallel ranks."""
+             rank: int = 0, world_size: int = 1, epoch: int = 0) -> Dict[str, float]:
+    """Errors of ``model`` on ``structures``: loss (weights of epoch ``epoch``), energy MAE/RMSE (meV per
+    structure), force MAE/RMSE (meV/Å per component), dipole MAE (e·Å per component; if labelled). Sharded over
+    the data-parallel ranks."""
+    weights = config.loss.at_epoch(epoch)
     sums = dict.fromkeys(_METRIC_SUMS, 0.0)
     counts = {"structures": float(len(structures)),
               "atoms": float(sum(len(s.atomic_numbers) for s in structures))}
@@ -167,7 +169,7 @@ def validate(model: nn.Module, structures: Sequence[Structure], config: TrainCon
         batch = collate(mine, dtype)
         pred = evaluate_batch(model, batch, "forces" in batch, create_graph=False)
         with torch.no_grad():
-            sums["loss"] += float(loss_terms(pred, batch, config.loss, counts))
+            sums["loss"] += float(loss_terms(pred, batch, weights, counts))
             sums["structures"] += len(mine)
             error = (pred["energy"] - batch["energy"]).double()
             sums["energy_abs"] += float(error.abs().sum())
@@ -359,8 +361,9 @@ class Trainer:
         loss_value = torch.zeros((), dtype=torch.float64)
         if mine:
             batch = collate(mine, self.dtype)
-            pred = evaluate_batch(self.model, batch, self.config.loss.forces_weight > 0, create_graph=True)
-            loss = loss_terms(pred, batch, self.config.loss, counts)
+            weights = self.config.loss.at_epoch(self.epoch)
+            pred = evaluate_batch(self.model, batch, weights.forces_weight > 0, create_graph=True)
+            loss = loss_terms(pred, batch, weights, counts)
             loss.backward()
             loss_value = loss.detach().double()
         for p in self.parameters:
@@ -400,6 +403,10 @@ class Trainer:
             progress = tqdm(total=t.epochs * steps_per_epoch, initial=self.step, desc="training", unit="step",
                             dynamic_ncols=True)
         while self.epoch < t.epochs:
+            if self.epoch == self.config.loss.stage_two_epoch:
+                # the validation loss changes its meaning with the weights: compare only within a stage
+                self.best_loss = math.inf
+                self.bad_epochs = 0
             losses = []
             for part in batches(self.train_set, t.batch_size, True, t.seed, self.epoch):
                 losses.append(self.train_step(part))
@@ -410,7 +417,8 @@ class Trainer:
             out_of_time = t.max_minutes is not None and (time.monotonic() - start) / 60.0 > t.max_minutes
             if self.epoch % t.validate_every == 0 or self.epoch == t.epochs or out_of_time:
                 self.ema.swap()
-                metrics = validate(self.model, self.validation_set, self.config, self.dtype, self.rank, self.world_size)
+                metrics = validate(self.model, self.validation_set, self.config, self.dtype, self.rank,
+                                   self.world_size, self.epoch - 1)
                 self.ema.swap()
                 metrics = {"epoch": self.epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
                            "train_loss": float(np.mean(losses)),
