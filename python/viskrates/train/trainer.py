@@ -396,6 +396,7 @@ class Trainer:
         os.makedirs(t.output_dir, exist_ok=True)
         start = time.monotonic()
         metrics: Dict[str, float] = self.history[-1] if self.history else {}
+        minutes_before = self.history[-1]["minutes"] if self.history else 0.0  # a resumed run counts on
         progress = None
         if t.progress and self.rank == 0:
             from tqdm import tqdm
@@ -423,7 +424,7 @@ class Trainer:
                 metrics = {"epoch": self.epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
                            "train_loss": float(np.mean(losses)),
                            **{"val_" + k: v for k, v in metrics.items()},
-                           "minutes": (time.monotonic() - start) / 60.0}
+                           "minutes": minutes_before + (time.monotonic() - start) / 60.0}
                 self.history.append(metrics)
                 if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                     self.scheduler.step(metrics["val_loss"])
