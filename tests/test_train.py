@@ -22,6 +22,14 @@ HARTREE_IN_EV = 27.211386245988
 BOHR_IN_ANGSTROM = 0.529177210903
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    # Trainer applies training.num_threads process-wide; later test modules keep their thread count
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_config(output_dir, **training):
     values = {
         "model": {"name": "visnet", "dtype": "float64",
