@@ -1,4 +1,5 @@
-"""Command line: ``viskrates simulate STRUCTURE.pdb``, ``viskrates bench``."""
+"""Command line: ``viskrates simulate STRUCTURE.pdb``, ``viskrates bench``, ``viskrates train CONFIG.yaml``,
+``viskrates export CHECKPOINT -o model.pt``."""
 import argparse
 import dataclasses
 import sys
@@ -60,7 +61,47 @@ def build_parser() -> argparse.ArgumentParser:
                                 description=bench_module.__doc__.splitlines()[0])
     bench_module.add_arguments(bench)
     bench.set_defaults(run=bench_module.run_from_arguments)
+    _add_train_commands(commands)
     return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import Trainer, load_config
+
+    import torch.distributed as dist
+
+    trainer = Trainer(load_config(args.config), resume=args.resume)
+    metrics = trainer.fit()
+    if dist.is_available() and dist.is_initialized():  # started by torchrun: leave the group cleanly
+        dist.destroy_process_group()
+    if trainer.rank == 0:
+        print(f"epoch {trainer.epoch}: validation energy MAE {metrics['val_energy_mae_meV']:.2f} meV, "
+              f"force MAE {metrics['val_forces_mae_meV_per_A']:.2f} meV/Å (EMA weights)")
+        print(f"wrote {trainer.config.training.output_dir}/{{checkpoint_best.pt,checkpoint_last.pt,metrics.csv}}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .train import export_checkpoint
+
+    metadata = export_checkpoint(args.checkpoint, args.output, use_ema=not args.no_ema, backend=args.backend)
+    print(f"wrote {args.output}: {metadata['model']['name']}, elements {metadata['elements']}, "
+          f"cutoff {metadata['cutoff']} Å, data sha256 {metadata['training_data_sha256'][:12]}…")
+    return 0
+
+
+def _add_train_commands(commands) -> None:
+    train = commands.add_parser("train", help="train or fine-tune a model from a YAML config")
+    train.add_argument("config", help="YAML config (see examples/train_visnet_rmd17.yaml)")
+    train.add_argument("--resume", default=None, help="continue from a checkpoint (checkpoint_last.pt)")
+    train.set_defaults(run=_train)
+    export = commands.add_parser("export", help="write a training checkpoint as TorchScript with metadata")
+    export.add_argument("checkpoint", help="checkpoint_best.pt or checkpoint_last.pt of a training run")
+    export.add_argument("-o", "--output", required=True, help="TorchScript file to write (e.g. model.pt)")
+    export.add_argument("--no-ema", action="store_true", help="export the live weights instead of their EMA")
+    export.add_argument("--backend", default=None, choices=["reference", "fused"],
+                        help="ViSNet only: 'fused' runs the exported model on the viskrates kernels")
+    export.set_defaults(run=_export)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -389,6 +389,8 @@ def euclidean_attention(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col
                                                    filter_ptr, filter_edges, x_query, x_key, x_value, x_filter,
                                                    ev_query, ev_key, ev_filter, harmonics, cutoff_values,
                                                    normalization)
+
+
 # ---- runtime geometry calculation of ViSNet (Wang et al., Nat. Commun. 15, 313 (2024)) -----------------
 
 

@@ -4,3 +4,4 @@ from .so3lr import SO3LR
 from .visnet import ViSNet, load_pyg_visnet
 
 __all__ = ["SO3LR", "SO3krates", "ViSNet", "load_pyg_visnet"]
+from .so3krates_potential import SO3kratesPotential  # noqa: E402  (training from scratch)

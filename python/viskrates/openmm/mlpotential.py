@@ -41,7 +41,9 @@ class ViskratesPotentialImpl(MLPotentialImpl):
 
     Constructor arguments (given to ``MLPotential(name, ...)``):
         name: ``'so3lr'`` (the packaged pretrained SO3LR) or ``'visnet'``.
-        modelPath: for ``'visnet'``, a PyTorch-Geometric ViSNet state dict (``.pt``).
+        modelPath: for ``'visnet'``, a PyTorch-Geometric ViSNet state dict (``.pt``); for any name, a model
+            written by ``viskrates export`` (TorchScript with metadata; its model name must match, and the
+            ML atoms must be of elements in its training data).
         modelConfig: for ``'visnet'``, the ViSNet hyperparameters (dict of PyG ``ViSNet`` arguments).
         lrCutoff: for ``'so3lr'``, the long-range (electrostatics, dispersion) cutoff in Å (default 12,
             the official MD setting).
@@ -66,8 +68,19 @@ class ViskratesPotentialImpl(MLPotentialImpl):
 
     def _create_model(self) -> torch.nn.Module:
         from ..models import SO3LR, ViSNet
+        if self.modelPath is not None:
+            from ..train.export import is_exported_model, load_exported
+            if is_exported_model(self.modelPath):
+                model, metadata = load_exported(self.modelPath)
+                if metadata["model"]["name"] != self.name:
+                    raise ValueError(f"{self.modelPath} holds a trained {metadata['model']['name']!r} model, not "
+                                     f"{self.name!r}; use MLPotential({metadata['model']['name']!r}, modelPath=...)")
+                self.trainedElements = metadata["elements"]
+                return model
         if self.name == "so3lr":
             return SO3LR(lr_cutoff=self.lrCutoff)
+        if self.name == "so3krates":
+            raise ValueError("MLPotential('so3krates') needs modelPath=<model exported by `viskrates export`>")
         state_dict = torch.load(self.modelPath, map_location="cpu", weights_only=True)
         return ViSNet.from_pyg_state_dict(state_dict, **self.modelConfig)
 
@@ -81,6 +94,10 @@ class ViskratesPotentialImpl(MLPotentialImpl):
         if charge is None:
             charge = _ml_region_charge(system, atoms)
         model = self._create_model().to(_PRECISIONS[precision])
+        trained = getattr(self, "trainedElements", None)
+        if trained is not None and not set(numbers) <= set(trained):
+            raise ValueError(f"the ML region contains elements Z = {sorted(set(numbers) - set(trained))} that "
+                             f"are not in the training data of {self.modelPath} (Z = {trained})")
         periodic = topology.getPeriodicBoxVectors() is not None
         force = create_force(model, numbers, atoms, total_charge=charge, periodic=periodic, backend=backend)
         force.setForceGroup(forceGroup)
