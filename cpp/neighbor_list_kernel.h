@@ -15,11 +15,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define VISKRATES_HD __host__ __device__ __forceinline__
-#else
-#define VISKRATES_HD inline
-#endif
+#include "kernel_common.h"
 
 namespace viskrates {
 namespace nl {

@@ -15,13 +15,7 @@
 #include <cmath>
 #include <cstdint>
 
-#ifndef VISKRATES_HD
-#if defined(__CUDACC__)
-#define VISKRATES_HD __host__ __device__ __forceinline__
-#else
-#define VISKRATES_HD inline
-#endif
-#endif
+#include "kernel_common.h"
 
 namespace viskrates {
 namespace rgc {

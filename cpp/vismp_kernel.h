@@ -20,13 +20,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#ifndef VISKRATES_HD
-#if defined(__CUDACC__)
-#define VISKRATES_HD __host__ __device__ __forceinline__
-#else
-#define VISKRATES_HD inline
-#endif
-#endif
+#include "kernel_common.h"
 
 namespace viskrates {
 namespace vismp {
