@@ -107,18 +107,6 @@ VectorMessageInputs check_vector_message(const at::Tensor& row_ptr, const at::Te
 
 namespace {
 
-template <typename T>
-vismp::VectorMessage<T> vector_message_params(const VectorMessageInputs& in) {
-  return {in.vectors.defined() ? in.vectors.data_ptr<T>() : nullptr,
-          in.scale.data_ptr<T>(),
-          in.shift.data_ptr<T>(),
-          in.harmonics.data_ptr<T>(),
-          in.weights.defined() ? in.weights.data_ptr<T>() : nullptr,
-          in.L,
-          in.C,
-          in.scale.stride(0),
-          in.shift.stride(0)};
-}
 
 at::Tensor vector_message_cpu(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
                               const at::Tensor& col_ptr, const at::Tensor& col_edges,
@@ -234,10 +222,6 @@ DihedralInputs check_dihedral(const at::Tensor& row_ptr, const at::Tensor& recei
 
 namespace {
 
-template <typename T>
-vismp::Dihedral<T> dihedral_params(const DihedralInputs& in) {
-  return {in.target.data_ptr<T>(), in.source.data_ptr<T>(), in.harmonics.data_ptr<T>(), in.L, in.C};
-}
 
 at::Tensor dihedral_cpu(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
                         const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& target,

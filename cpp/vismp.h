@@ -47,6 +47,20 @@ VectorMessageInputs check_vector_message(const at::Tensor& row_ptr, const at::Te
                                          const at::Tensor& scale, const at::Tensor& shift,
                                          const at::Tensor& harmonics, const std::optional<at::Tensor>& weights);
 
+// Raw pointers and sizes of checked inputs, as the kernel bodies take them (both launchers use these).
+template <typename T>
+vismp::VectorMessage<T> vector_message_params(const VectorMessageInputs& in) {
+  return {in.vectors.defined() ? in.vectors.data_ptr<T>() : nullptr,
+          in.scale.data_ptr<T>(),
+          in.shift.data_ptr<T>(),
+          in.harmonics.data_ptr<T>(),
+          in.weights.defined() ? in.weights.data_ptr<T>() : nullptr,
+          in.L,
+          in.C,
+          in.scale.stride(0),
+          in.shift.stride(0)};
+}
+
 // Checked, contiguous inputs of vismp_dihedral.
 struct DihedralInputs {
   VismpGraph graph;
@@ -57,6 +71,11 @@ struct DihedralInputs {
 DihedralInputs check_dihedral(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
                               const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& target,
                               const at::Tensor& source, const at::Tensor& harmonics);
+
+template <typename T>
+vismp::Dihedral<T> dihedral_params(const DihedralInputs& in) {
+  return {in.target.data_ptr<T>(), in.source.data_ptr<T>(), in.harmonics.data_ptr<T>(), in.L, in.C};
+}
 
 // Checked inputs of vismp_attention: query, key, value contiguous; the edge filters may be row-strided
 // (unit column stride), e.g. column blocks of one [E, 3C] projection.

@@ -25,18 +25,6 @@ vismp::Graph<T> graph_pointers(const VismpGraph& g) {
           g.col_ptr.data_ptr<int64_t>(), g.col_edges.data_ptr<int64_t>()};
 }
 
-template <typename T>
-vismp::VectorMessage<T> vector_message_pointers(const VectorMessageInputs& in) {
-  return {in.vectors.defined() ? in.vectors.data_ptr<T>() : nullptr,
-          in.scale.data_ptr<T>(),
-          in.shift.data_ptr<T>(),
-          in.harmonics.data_ptr<T>(),
-          in.weights.defined() ? in.weights.data_ptr<T>() : nullptr,
-          in.L,
-          in.C,
-          in.scale.stride(0),
-          in.shift.stride(0)};
-}
 
 cudaStream_t stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
 
@@ -53,7 +41,7 @@ at::Tensor vector_message_cuda(const at::Tensor& row_ptr, const at::Tensor& rece
   if (n == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(in.scale.scalar_type(), "vismp_vector_message_cuda", [&] {
     check_launch(cuda::launch_vector_message<scalar_t>(graph_pointers<scalar_t>(in.graph), n,
-                                                       vector_message_pointers<scalar_t>(in),
+                                                       vector_message_params<scalar_t>(in),
                                                        out.data_ptr<scalar_t>(), stream_of(out)),
                  "viskrates::vismp_vector_message");
   });
@@ -81,7 +69,7 @@ VectorMessageGrads vector_message_backward_cuda(const at::Tensor& grad, const at
   if (n > 0) {
     AT_DISPATCH_FLOATING_TYPES(in.scale.scalar_type(), "vismp_vector_message_backward_cuda", [&] {
       check_launch(cuda::launch_vector_message_backward<scalar_t>(
-                       graph_pointers<scalar_t>(in.graph), n, vector_message_pointers<scalar_t>(in),
+                       graph_pointers<scalar_t>(in.graph), n, vector_message_params<scalar_t>(in),
                        g.data_ptr<scalar_t>(), has_vectors ? grad_vectors.data_ptr<scalar_t>() : nullptr,
                        has_vectors ? grad_scale.data_ptr<scalar_t>() : nullptr, grad_shift.data_ptr<scalar_t>(),
                        grad_harmonics.data_ptr<scalar_t>(), grad_weights.data_ptr<scalar_t>(), stream_of(g)),
@@ -100,8 +88,7 @@ at::Tensor dihedral_cuda(const at::Tensor& row_ptr, const at::Tensor& receivers,
   at::Tensor out = at::empty({in.graph.num_edges, in.C}, in.target.options());
   if (n == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(in.target.scalar_type(), "vismp_dihedral_cuda", [&] {
-    const vismp::Dihedral<scalar_t> p{in.target.data_ptr<scalar_t>(), in.source.data_ptr<scalar_t>(),
-                                      in.harmonics.data_ptr<scalar_t>(), in.L, in.C};
+    const vismp::Dihedral<scalar_t> p = dihedral_params<scalar_t>(in);
     check_launch(cuda::launch_dihedral<scalar_t>(graph_pointers<scalar_t>(in.graph), n, p, out.data_ptr<scalar_t>(),
                                                  stream_of(out)),
                  "viskrates::vismp_dihedral");
@@ -122,8 +109,7 @@ DihedralGrads dihedral_backward_cuda(const at::Tensor& grad, const at::Tensor& r
   at::Tensor grad_harmonics = at::empty({in.graph.num_edges, in.L}, g.options());
   if (n > 0) {
     AT_DISPATCH_FLOATING_TYPES(in.target.scalar_type(), "vismp_dihedral_backward_cuda", [&] {
-      const vismp::Dihedral<scalar_t> p{in.target.data_ptr<scalar_t>(), in.source.data_ptr<scalar_t>(),
-                                        in.harmonics.data_ptr<scalar_t>(), in.L, in.C};
+      const vismp::Dihedral<scalar_t> p = dihedral_params<scalar_t>(in);
       check_launch(cuda::launch_dihedral_backward<scalar_t>(graph_pointers<scalar_t>(in.graph), n, p,
                                                             g.data_ptr<scalar_t>(), grad_target.data_ptr<scalar_t>(),
                                                             grad_source.data_ptr<scalar_t>(),
