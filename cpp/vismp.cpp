@@ -107,7 +107,6 @@ VectorMessageInputs check_vector_message(const at::Tensor& row_ptr, const at::Te
 
 namespace {
 
-
 at::Tensor vector_message_cpu(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
                               const at::Tensor& col_ptr, const at::Tensor& col_edges,
                               const std::optional<at::Tensor>& vectors, const at::Tensor& scale,
@@ -221,7 +220,6 @@ DihedralInputs check_dihedral(const at::Tensor& row_ptr, const at::Tensor& recei
 }
 
 namespace {
-
 
 at::Tensor dihedral_cpu(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
                         const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& target,
