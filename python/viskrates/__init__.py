@@ -2,9 +2,14 @@
 
 Importing the package loads the compiled op library so that TorchScript models using
 ``torch.ops.viskrates.*`` can be built and deserialised.
+
+It also repairs openmm-torch's kernel plugins when OpenMM was imported before torch (see
+``_retry_openmm_torch_plugins``), so a System with a TorchForce deserialised from XML runs.
 """
 import glob
 import os
+import re
+import sys
 
 import torch
 
@@ -26,3 +31,22 @@ def _load_ops() -> str:
 
 
 OPS_LIBRARY = _load_ops()
+
+
+def _retry_openmm_torch_plugins() -> None:
+    # OpenMM loads its plugins at import. openmm-torch's kernel plugins link against libraries that
+    # only torch's import makes findable (libnvrtc, ...), so after `import openmm` before `import torch`
+    # they are listed as load failures and every TorchForce Context lacks kernels. torch is loaded now.
+    openmm = sys.modules.get("openmm")
+    if openmm is None:
+        return  # a later `import openmm` finds torch's libraries already loaded
+    for failure in openmm.Platform.getPluginLoadFailures():
+        match = re.match(r"Error loading library (\S*libOpenMMTorch\w*\.so)", failure)
+        if match:
+            try:
+                openmm.Platform.loadPluginLibrary(match.group(1))
+            except Exception:
+                pass  # GPU plugins without their driver libraries stay unloaded, as OpenMM itself leaves them
+
+
+_retry_openmm_torch_plugins()
