@@ -37,6 +37,9 @@ class SimulationSettings:
     ionic_strength_molar: float = 0.0
     temperature_k: float = 300.0
     friction_per_ps: float = 1.0
+    # Strong coupling while equilibrating: after minimisation equipartition halves the kinetic energy, and
+    # at 1/ps the thermostat needs picoseconds to restore the temperature (the short default left ~270 K).
+    equilibration_friction_per_ps: float = 10.0
     timestep_fs: Optional[float] = None  # default: 1 fs (mechanical embedding), 0.5 fs (full ML)
     minimize_iterations: int = 100
     equilibration_steps: int = 250
@@ -263,7 +266,7 @@ def run_simulation(settings: SimulationSettings) -> dict:
     stage(f"{topology.getNumAtoms()} atoms, {len(ml_atoms)} in the ML region")
     timestep = settings.timestep_fs or (0.5 if settings.ml_region == "all" else 1.0)
     integrator = openmm.LangevinMiddleIntegrator(settings.temperature_k * unit.kelvin,
-                                                 settings.friction_per_ps / unit.picosecond,
+                                                 settings.equilibration_friction_per_ps / unit.picosecond,
                                                  timestep * unit.femtosecond)
     integrator.setRandomNumberSeed(settings.seed)
     platform = openmm.Platform.getPlatformByName(settings.platform)
@@ -274,6 +277,7 @@ def run_simulation(settings: SimulationSettings) -> dict:
     simulation.context.setVelocitiesToTemperature(settings.temperature_k * unit.kelvin, settings.seed)
     stage(f"equilibrating ({settings.equilibration_steps} steps of {timestep} fs)")
     _run_steps(simulation, settings.equilibration_steps, settings.report_interval, settings.progress)
+    integrator.setFriction(settings.friction_per_ps / unit.picosecond)
     stage(f"production ({settings.steps} steps of {timestep} fs)")
 
     os.makedirs(settings.output_dir, exist_ok=True)
