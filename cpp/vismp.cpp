@@ -118,16 +118,15 @@ at::Tensor vector_message_cpu(const at::Tensor& row_ptr, const at::Tensor& recei
   at::Tensor out = at::empty({n, L, C}, in.scale.options());
   AT_DISPATCH_FLOATING_TYPES(in.scale.scalar_type(), "vismp_vector_message_cpu", [&] {
     const vismp::VectorMessage<scalar_t> p = vector_message_params<scalar_t>(in);
-    const int64_t* rp = in.graph.row_ptr.data_ptr<int64_t>();
-    const int64_t* snd = in.graph.senders.data_ptr<int64_t>();
+    const vismp::Graph<scalar_t> graph = graph_pointers<scalar_t>(in.graph);
     scalar_t* o = out.data_ptr<scalar_t>();
     at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         scalar_t* acc = o + i * L * C;
         std::fill(acc, acc + L * C, scalar_t(0));
-        for (int64_t e = rp[i]; e < rp[i + 1]; ++e) {
+        for (int64_t e = graph.row_ptr[i]; e < graph.row_ptr[i + 1]; ++e) {
           vismp::for_channel_blocks(C, [&](auto width, int64_t c0) {
-            vismp::vector_message_edge<decltype(width)::value>(p, e, snd[e], c0, acc + c0, C);
+            vismp::vector_message_edge<decltype(width)::value>(p, e, graph.senders[e], c0, acc + c0, C);
           });
         }
       }
@@ -156,24 +155,20 @@ VectorMessageGrads vector_message_backward_cpu(const at::Tensor& grad, const at:
   AT_DISPATCH_FLOATING_TYPES(in.scale.scalar_type(), "vismp_vector_message_backward_cpu", [&] {
     const vismp::VectorMessage<scalar_t> p = vector_message_params<scalar_t>(in);
     const scalar_t* gp = g.data_ptr<scalar_t>();
-    const int64_t* rp = in.graph.row_ptr.data_ptr<int64_t>();
-    const int64_t* rcv = in.graph.receivers.data_ptr<int64_t>();
-    const int64_t* snd = in.graph.senders.data_ptr<int64_t>();
-    const int64_t* cp = in.graph.col_ptr.data_ptr<int64_t>();
-    const int64_t* ce = in.graph.col_edges.data_ptr<int64_t>();
+    const vismp::Graph<scalar_t> graph = graph_pointers<scalar_t>(in.graph);
     scalar_t* gs1 = has_vectors ? grad_scale.data_ptr<scalar_t>() : nullptr;
     scalar_t* gs2 = grad_shift.data_ptr<scalar_t>();
     scalar_t* gy = grad_harmonics.data_ptr<scalar_t>();
     scalar_t* gw = grad_weights.data_ptr<scalar_t>();
     at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        for (int64_t e = rp[i]; e < rp[i + 1]; ++e) {
+        for (int64_t e = graph.row_ptr[i]; e < graph.row_ptr[i + 1]; ++e) {
           scalar_t* gye = gy + e * L;
           std::fill(gye, gye + L, scalar_t(0));
           gw[e] = scalar_t(0);
           vismp::for_channel_blocks(C, [&](auto width, int64_t c0) {
-            vismp::vector_message_edge_backward<decltype(width)::value>(p, gp, e, i, snd[e], c0, gs1, gs2, gye,
-                                                                        gw + e);
+            vismp::vector_message_edge_backward<decltype(width)::value>(p, gp, e, i, graph.senders[e], c0, gs1,
+                                                                        gs2, gye, gw + e);
           });
         }
       }
@@ -184,10 +179,11 @@ VectorMessageGrads vector_message_backward_cpu(const at::Tensor& grad, const at:
         for (int64_t j = begin; j < end; ++j) {
           scalar_t* acc = gv + j * L * C;
           std::fill(acc, acc + L * C, scalar_t(0));
-          for (int64_t k = cp[j]; k < cp[j + 1]; ++k) {
-            const int64_t e = ce[k];
+          for (int64_t k = graph.col_ptr[j]; k < graph.col_ptr[j + 1]; ++k) {
+            const int64_t e = graph.col_edges[k];
             vismp::for_channel_blocks(C, [&](auto width, int64_t c0) {
-              vismp::vector_message_edge_backward_sender<decltype(width)::value>(p, gp, e, rcv[e], c0, acc + c0, C);
+              vismp::vector_message_edge_backward_sender<decltype(width)::value>(p, gp, e, graph.receivers[e], c0,
+                                                                                 acc + c0, C);
             });
           }
         }
@@ -229,14 +225,13 @@ at::Tensor dihedral_cpu(const at::Tensor& row_ptr, const at::Tensor& receivers, 
   at::Tensor out = at::empty({in.graph.num_edges, C}, in.target.options());
   AT_DISPATCH_FLOATING_TYPES(in.target.scalar_type(), "vismp_dihedral_cpu", [&] {
     const vismp::Dihedral<scalar_t> p = dihedral_params<scalar_t>(in);
-    const int64_t* rp = in.graph.row_ptr.data_ptr<int64_t>();
-    const int64_t* snd = in.graph.senders.data_ptr<int64_t>();
+    const vismp::Graph<scalar_t> graph = graph_pointers<scalar_t>(in.graph);
     scalar_t* o = out.data_ptr<scalar_t>();
     at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        for (int64_t e = rp[i]; e < rp[i + 1]; ++e) {
+        for (int64_t e = graph.row_ptr[i]; e < graph.row_ptr[i + 1]; ++e) {
           vismp::for_channel_blocks(C, [&](auto width, int64_t c0) {
-            vismp::dihedral_edge<decltype(width)::value>(p, e, i, snd[e], c0, o);
+            vismp::dihedral_edge<decltype(width)::value>(p, e, i, graph.senders[e], c0, o);
           });
         }
       }
@@ -258,11 +253,7 @@ DihedralGrads dihedral_backward_cpu(const at::Tensor& grad, const at::Tensor& ro
   AT_DISPATCH_FLOATING_TYPES(in.target.scalar_type(), "vismp_dihedral_backward_cpu", [&] {
     const vismp::Dihedral<scalar_t> p = dihedral_params<scalar_t>(in);
     const scalar_t* gp = g.data_ptr<scalar_t>();
-    const int64_t* rp = in.graph.row_ptr.data_ptr<int64_t>();
-    const int64_t* rcv = in.graph.receivers.data_ptr<int64_t>();
-    const int64_t* snd = in.graph.senders.data_ptr<int64_t>();
-    const int64_t* cp = in.graph.col_ptr.data_ptr<int64_t>();
-    const int64_t* ce = in.graph.col_edges.data_ptr<int64_t>();
+    const vismp::Graph<scalar_t> graph = graph_pointers<scalar_t>(in.graph);
     scalar_t* gt = grad_target.data_ptr<scalar_t>();
     scalar_t* gs = grad_source.data_ptr<scalar_t>();
     scalar_t* gy = grad_harmonics.data_ptr<scalar_t>();
@@ -270,11 +261,11 @@ DihedralGrads dihedral_backward_cpu(const at::Tensor& grad, const at::Tensor& ro
       for (int64_t i = begin; i < end; ++i) {
         scalar_t* acc = gt + i * L * C;
         std::fill(acc, acc + L * C, scalar_t(0));
-        for (int64_t e = rp[i]; e < rp[i + 1]; ++e) {
+        for (int64_t e = graph.row_ptr[i]; e < graph.row_ptr[i + 1]; ++e) {
           scalar_t* gye = gy + e * L;
           std::fill(gye, gye + L, scalar_t(0));
           vismp::for_channel_blocks(C, [&](auto width, int64_t c0) {
-            vismp::dihedral_edge_backward<decltype(width)::value>(p, gp, e, i, snd[e], c0, acc + c0, C, gye);
+            vismp::dihedral_edge_backward<decltype(width)::value>(p, gp, e, i, graph.senders[e], c0, acc + c0, C, gye);
           });
         }
       }
@@ -283,10 +274,10 @@ DihedralGrads dihedral_backward_cpu(const at::Tensor& grad, const at::Tensor& ro
       for (int64_t j = begin; j < end; ++j) {
         scalar_t* acc = gs + j * L * C;
         std::fill(acc, acc + L * C, scalar_t(0));
-        for (int64_t k = cp[j]; k < cp[j + 1]; ++k) {
-          const int64_t e = ce[k];
+        for (int64_t k = graph.col_ptr[j]; k < graph.col_ptr[j + 1]; ++k) {
+          const int64_t e = graph.col_edges[k];
           vismp::for_channel_blocks(C, [&](auto width, int64_t c0) {
-            vismp::dihedral_edge_backward_sender<decltype(width)::value>(p, gp, e, rcv[e], c0, acc + c0, C);
+            vismp::dihedral_edge_backward_sender<decltype(width)::value>(p, gp, e, graph.receivers[e], c0, acc + c0, C);
           });
         }
       }
@@ -345,15 +336,14 @@ at::Tensor attention_cpu(const at::Tensor& row_ptr, const at::Tensor& receivers,
   at::Tensor out = at::empty({in.graph.num_edges, in.C}, in.query.options());
   AT_DISPATCH_FLOATING_TYPES(in.query.scalar_type(), "vismp_attention_cpu", [&] {
     const vismp::Attention<scalar_t> p = attention_params<scalar_t>(in);
-    const int64_t* rp = in.graph.row_ptr.data_ptr<int64_t>();
-    const int64_t* snd = in.graph.senders.data_ptr<int64_t>();
+    const vismp::Graph<scalar_t> graph = graph_pointers<scalar_t>(in.graph);
     scalar_t* o = out.data_ptr<scalar_t>();
     vismp::with_head_width(p.D, [&](auto width) {
       constexpr int D0 = decltype(width)::value;
       at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
-          for (int64_t e = rp[i]; e < rp[i + 1]; ++e) {
-            for (int64_t h = 0; h < H; ++h) vismp::attention_edge<D0>(p, e, i, snd[e], h, o);
+          for (int64_t e = graph.row_ptr[i]; e < graph.row_ptr[i + 1]; ++e) {
+            for (int64_t h = 0; h < H; ++h) vismp::attention_edge<D0>(p, e, i, graph.senders[e], h, o);
           }
         }
       });
@@ -381,11 +371,7 @@ AttentionGrads attention_backward_cpu(const at::Tensor& grad, const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES(in.query.scalar_type(), "vismp_attention_backward_cpu", [&] {
     const vismp::Attention<scalar_t> p = attention_params<scalar_t>(in);
     const scalar_t* gp = g.data_ptr<scalar_t>();
-    const int64_t* rp = in.graph.row_ptr.data_ptr<int64_t>();
-    const int64_t* rcv = in.graph.receivers.data_ptr<int64_t>();
-    const int64_t* snd = in.graph.senders.data_ptr<int64_t>();
-    const int64_t* cp = in.graph.col_ptr.data_ptr<int64_t>();
-    const int64_t* ce = in.graph.col_edges.data_ptr<int64_t>();
+    const vismp::Graph<scalar_t> graph = graph_pointers<scalar_t>(in.graph);
     scalar_t* gq = grad_query.data_ptr<scalar_t>();
     scalar_t* gk = grad_key.data_ptr<scalar_t>();
     scalar_t* gv = grad_value.data_ptr<scalar_t>();
@@ -396,10 +382,10 @@ AttentionGrads attention_backward_cpu(const at::Tensor& grad, const at::Tensor& 
       constexpr int D0 = decltype(width)::value;
       at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
-          for (int64_t e = rp[i]; e < rp[i + 1]; ++e) {
+          for (int64_t e = graph.row_ptr[i]; e < graph.row_ptr[i + 1]; ++e) {
             scalar_t sum = scalar_t(0);
             for (int64_t h = 0; h < H; ++h) {
-              sum += vismp::attention_edge_backward<D0>(p, gp, e, i, snd[e], h, gq, gdk, gdv);
+              sum += vismp::attention_edge_backward<D0>(p, gp, e, i, graph.senders[e], h, gq, gdk, gdv);
             }
             gw[e] = sum;
           }
@@ -407,9 +393,11 @@ AttentionGrads attention_backward_cpu(const at::Tensor& grad, const at::Tensor& 
       });
       at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
         for (int64_t j = begin; j < end; ++j) {
-          for (int64_t k = cp[j]; k < cp[j + 1]; ++k) {
-            const int64_t e = ce[k];
-            for (int64_t h = 0; h < H; ++h) vismp::attention_edge_backward_sender<D0>(p, gp, e, rcv[e], j, h, gk, gv);
+          for (int64_t k = graph.col_ptr[j]; k < graph.col_ptr[j + 1]; ++k) {
+            const int64_t e = graph.col_edges[k];
+            for (int64_t h = 0; h < H; ++h) {
+              vismp::attention_edge_backward_sender<D0>(p, gp, e, graph.receivers[e], j, h, gk, gv);
+            }
           }
         }
       });

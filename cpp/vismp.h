@@ -19,6 +19,13 @@ struct VismpGraph {
   int64_t num_edges = 0;
 };
 
+// The graph as the kernel bodies take it (raw pointers of a checked VismpGraph; both launchers use this).
+template <typename T>
+vismp::Graph<T> graph_pointers(const VismpGraph& g) {
+  return {g.row_ptr.data_ptr<int64_t>(), g.receivers.data_ptr<int64_t>(), g.senders.data_ptr<int64_t>(),
+          g.col_ptr.data_ptr<int64_t>(), g.col_edges.data_ptr<int64_t>()};
+}
+
 // Checks the shapes, dtypes and devices of the graph tensors (c10::ValueError) and makes them contiguous.
 VismpGraph check_vismp_graph(const char* op, const at::Tensor& row_ptr, const at::Tensor& receivers,
                              const at::Tensor& senders, const at::Tensor& col_ptr, const at::Tensor& col_edges);

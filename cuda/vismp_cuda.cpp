@@ -19,13 +19,6 @@ void check_launch(cudaError_t status, const char* op) {
   TORCH_CHECK(status == cudaSuccess, op, ": kernel launch failed: ", cudaGetErrorString(status));
 }
 
-template <typename T>
-vismp::Graph<T> graph_pointers(const VismpGraph& g) {
-  return {g.row_ptr.data_ptr<int64_t>(), g.receivers.data_ptr<int64_t>(), g.senders.data_ptr<int64_t>(),
-          g.col_ptr.data_ptr<int64_t>(), g.col_edges.data_ptr<int64_t>()};
-}
-
-
 cudaStream_t stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
 
 at::Tensor vector_message_cuda(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
