@@ -24,7 +24,7 @@ def test_ml_force_and_classical_groups_are_what_the_split_times(alanine_dipeptid
     """The ML force group evaluates exactly the module the benchmark times, and group 0 exactly the classical
     System, so that 'model' and 'OpenMM' of the cost split measure disjoint parts of the step."""
     built = alanine_dipeptide
-    model = bench_openmm._make_model(built, "reference", torch.float64)
+    model = bench_openmm.make_model(built, "reference", torch.float64)
     system, openmm_model = bench_openmm.add_ml_force(built, model, "python")
     assert system.getNumForces() == built.system.getNumForces() + 1
     context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
@@ -47,32 +47,37 @@ def test_ml_force_and_classical_groups_are_what_the_split_times(alanine_dipeptid
 def test_rows_table_and_cost_split(alanine_dipeptide):
     torchforce = viskrates.openmm.torchforce_unavailable_reason() is None
     backends = ["torch", "python"] if torchforce else ["python"]
-    rows = bench_openmm.benchmark_system(alanine_dipeptide, backends, steps=2, warmup_steps=3, minimize_iterations=2,
-                                         repeats=2)
+    rows = bench_openmm.benchmark_system(alanine_dipeptide, backends, steps=7, warmup_steps=3, minimize_iterations=2,
+                                         repeats=5)
     n_atoms = alanine_dipeptide.system.getNumParticles()
     assert [r["backend"] for r in rows] == backends
     for row in rows:
         assert row["status"] == "ok", row["status"]
-        assert (row["system"], row["n_atoms"], row["n_ml_atoms"], row["steps"]) == ("alanine-dipeptide", n_atoms, 22, 2)
+        assert (row["system"], row["n_atoms"], row["n_ml_atoms"], row["steps"]) == ("alanine-dipeptide", n_atoms, 22, 7)
         step = row["seconds_per_step"]
         assert row["ns_per_day"] == pytest.approx(1.0e-6 * 86400.0 / step)  # 1 fs per step
-        split = row["split"]
-        measured = [split["model"], split["neighbor_list"], split["openmm"]]
-        assert all(part > 0 for part in measured), split
-        # the parts are measured separately; they must not exceed the step they are parts of (+ timing noise)
-        assert sum(measured) <= 1.3 * step + 2e-3, (split, step)
-        assert sum(measured) + split["rest"] == pytest.approx(step)
-        assert row["model_total_seconds"] == pytest.approx(split["model"] + split["neighbor_list"])
+        for split, total in ((row["split"], step), (row["split_cpu"], row["cpu_seconds_per_step"])):
+            measured = [split["model"], split["neighbor_list"], split["openmm"]]
+            assert all(part > 0 for part in measured), split
+            assert sum(measured) + split["rest"] == pytest.approx(total)
+        # The parts, measured separately, must not add up to more than the step they are parts of. Checked in
+        # process CPU time: wall times of separate measurements on a shared machine depend on what the other
+        # processes do meanwhile (and PME runs concurrently with the ML force, so wall-time parts overlap).
+        cpu = row["split_cpu"]
+        assert cpu["model"] + cpu["neighbor_list"] + cpu["openmm"] <= 1.25 * row["cpu_seconds_per_step"] + 2e-3, row
+        assert row["model_total_seconds"] == pytest.approx(row["split"]["model"] + row["split"]["neighbor_list"])
 
     table = bench_openmm.format_table(rows)
-    assert table[0].split() == "system atoms total/ML backend ms/step ns/day model ms NL ms OpenMM ms rest ms".split()
+    assert table[0].split() == ("system atoms total/ML backend ms/step cpu ms/step ns/day model ms NL ms OpenMM ms "
+                                "rest ms").split()
     assert len(table) == 1 + len(rows)
     for line, row in zip(table[1:], rows):
         cells = line.split()
         assert cells[:3] == ["alanine-dipeptide", f"{n_atoms}/22", row["backend"]]
         assert float(cells[3]) == pytest.approx(row["seconds_per_step"] * 1e3, abs=0.051)
-        assert cells[5] == "(1" and cells[6] == "fs)"
-        assert float(cells[7]) == pytest.approx(row["split"]["model"] * 1e3, abs=0.051)
+        assert float(cells[4]) == pytest.approx(row["cpu_seconds_per_step"] * 1e3, abs=0.051)
+        assert cells[6:8] == ["(1", "fs)"]
+        assert float(cells[8]) == pytest.approx(row["split"]["model"] * 1e3, abs=0.051)
 
 
 def test_unavailable_torchforce_is_skipped_with_its_reason(monkeypatch):

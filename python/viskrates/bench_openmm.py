@@ -16,9 +16,11 @@ amber14, 1 nm of water but a box at least twice SO3LR's 12 Å long-range cutoff 
 Langevin (``LangevinMiddleIntegrator``, 1/ps) integrator runs some warm-up steps (TorchScript's profiling
 executor recompiles a module during its first three calls, so use at least 3) and then the timed MD steps.
 
-Per row the table gives the wall time per MD step (mean over the timed steps), ns/day at the system's time
-step, and the cost split of a step into disjoint parts, each measured separately on the coordinates reached
-at the end of the timed steps:
+Per row the table gives the wall time per MD step (median of the timed steps, each timed alone, so that a
+step during which another process took the core does not count), the process CPU time per step (all threads;
+with one thread, a CPU time well below the wall time means other processes took the core), ns/day at the
+system's time step, and the cost split of a step, each part measured separately on the coordinates reached at
+the end of the timed steps:
 
 * ``model``: forward + backward (energy and ``-dE/dR``) of the same TorchScript module the force runs
   (:class:`viskrates.openmm.OpenMMModel`), called directly from Python, minus the neighbour-list time;
@@ -27,10 +29,14 @@ at the end of the timed steps:
   long-range ``lr_cutoff``); median of at least 10 calls;
 * ``OpenMM``: an MD step of the same Context with the ML force excluded from the integration
   (``Integrator.setIntegrationForceGroups``): classical forces (amber14 with PME, or the PME hand-off's
-  reciprocal-space and correction forces), constraints and the integrator itself; mean over the timed steps;
+  reciprocal-space and correction forces), constraints and the integrator itself; median over as many steps;
 * ``rest``: ms/step minus the three parts: the force's own overhead (PythonForce: the Python call, the
   State and NumPy/torch conversions; TorchForce: the copies between OpenMM and torch). It is a difference of
-  independent measurements, so on a busy machine it carries their noise and can come out slightly negative.
+  independent measurements, so on a busy machine it carries their noise. It can also be negative because
+  the parts overlap: OpenMM's CPU platform computes PME's reciprocal space in its own thread pool (of
+  ``OPENMM_CPU_THREADS`` threads, default all logical CPUs; ``viskrates bench --openmm`` sets it to
+  ``--threads``), concurrently with the other forces, the ML force included. The result dicts hold the same
+  split in process CPU time too (``split_cpu``), which has no overlap and which other processes disturb less.
 
 A force backend that cannot run (no working openmm-torch for ``torch``) is reported as skipped with the
 reason; a row that fails (an exception while building or running it) as failed with the error. The header
@@ -46,7 +52,7 @@ import platform as platform_module
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import openmm
@@ -67,7 +73,8 @@ NL_MIN_REPEATS = 10
 # TorchScript's profiling executor profiles and recompiles a module during its first calls (measured for SO3LR:
 # calls 2 and 3 take seconds, from the 4th on the steady state), so the first three calls are not timed
 MODEL_WARMUP_CALLS = 3
-COLUMNS = ("system", "atoms total/ML", "backend", "ms/step", "ns/day", "model ms", "NL ms", "OpenMM ms", "rest ms")
+COLUMNS = ("system", "atoms total/ML", "backend", "ms/step", "cpu ms/step", "ns/day", "model ms", "NL ms",
+           "OpenMM ms", "rest ms")
 
 
 @dataclasses.dataclass
@@ -92,6 +99,12 @@ SYSTEM_SPECS: Dict[str, SystemSpec] = {
                             "5awl_chignolin_protonated.pdb"),
     "water": SystemSpec("water", "water box, full ML + PME hand-off", 0.5, 3, 3, 3),
 }
+
+
+# defaults of the --openmm options (check_arguments refuses a changed one without --openmm)
+_OPENMM_DEFAULTS = {"systems": list(SYSTEMS), "force_backends": list(FORCE_BACKENDS), "model_backend": "fused",
+                    "steps": None, "warmup_steps": None, "minimize_iterations": None, "water_atoms": 3000,
+                    "platform": "CPU", "structure_dir": None}
 
 
 @dataclasses.dataclass
@@ -169,19 +182,22 @@ def build_water_system(spec: SystemSpec, n_atoms: int) -> BuiltSystem:
     masses and a centre-of-mass motion remover; SO3LR's long-range cutoff is min(12 Å, half the box edge minus
     0.01 Å) because the box must be twice the cutoff wide."""
     from .bench import water_box
+    from .units import NM_TO_ANGSTROM
 
-    numbers, positions, box = water_box(n_atoms)
+    numbers, positions, box = water_box(n_atoms)  # Å
     system = openmm.System()
     for z in numbers:
         system.addParticle(openmm.app.Element.getByAtomicNumber(int(z)).mass)
-    system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*(row / 10.0)) for row in box])
+    system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*(row / NM_TO_ANGSTROM)) for row in box])
     system.addForce(openmm.CMMotionRemover())
     lr_cutoff = min(LR_CUTOFF, 0.5 * float(np.min(np.diag(box))) - 0.01)
-    return BuiltSystem(spec, system, positions / 10.0, list(range(len(numbers))), [int(z) for z in numbers], 0.0,
-                       lr_cutoff, full_ml=True)
+    return BuiltSystem(spec, system, positions / NM_TO_ANGSTROM, list(range(len(numbers))), [int(z) for z in numbers],
+                       0.0, lr_cutoff, full_ml=True)
 
 
-def _make_model(built: BuiltSystem, model_backend: str, dtype: torch.dtype):
+def make_model(built: BuiltSystem, model_backend: str, dtype: torch.dtype) -> torch.nn.Module:
+    """The pretrained SO3LR with ``built.lr_cutoff`` (Å), kernels ``model_backend`` ('fused' or 'reference') and
+    parameters of ``dtype``, in eval mode."""
     from .models import SO3LR
 
     return SO3LR(lr_cutoff=built.lr_cutoff, backend=model_backend).to(dtype).eval()
@@ -214,15 +230,19 @@ def add_ml_force(built: BuiltSystem, model: torch.nn.Module, force_backend: str)
     return system, openmm_model
 
 
-def _median_seconds(call: Callable[[], None], repeats: int, warmup: int = 0) -> float:
+def _timed(call: Callable[[], None]) -> Tuple[float, float]:
+    """(wall, process CPU) seconds of one ``call()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    call()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _median_seconds(call: Callable[[], None], repeats: int, warmup: int = 0) -> Tuple[float, float]:
+    """Median (wall, process CPU) seconds of ``repeats`` calls after ``warmup`` untimed ones."""
     for _ in range(warmup):
         call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times = [_timed(call) for _ in range(repeats)]
+    return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
 
 
 class ModelTimer:
@@ -236,9 +256,10 @@ class ModelTimer:
     def __init__(self):
         self.module: Optional[torch.jit.ScriptModule] = None
 
-    def time(self, openmm_model: torch.nn.Module, positions_nm: np.ndarray, box_nm: np.ndarray, repeats: int) -> float:
-        """Median wall time (s) of ``repeats`` calls at ``positions_nm`` [n_ML, 3] nm in the box ``box_nm``
-        [3, 3] nm (rows)."""
+    def time(self, openmm_model: torch.nn.Module, positions_nm: np.ndarray, box_nm: np.ndarray,
+             repeats: int) -> Tuple[float, float]:
+        """Median (wall, process CPU) seconds of ``repeats`` calls at ``positions_nm`` [n_ML, 3] nm in the box
+        ``box_nm`` [3, 3] nm (rows)."""
         warmup = 0
         if self.module is None:
             self.module = torch.jit.script(openmm_model)
@@ -255,14 +276,16 @@ class ModelTimer:
         return _median_seconds(call, repeats, warmup)
 
 
-def time_neighbor_list(model: torch.nn.Module, positions_nm: np.ndarray, box_nm: np.ndarray, repeats: int) -> float:
-    """Median wall time (s) of the neighbour lists an SO3LR forward pass builds: ``viskrates::neighbor_list`` at
-    ``model.sr_cutoff`` (positions requiring grad, as in the model) and at ``model.lr_cutoff`` (detached), on
-    ``positions_nm`` [n_ML, 3] nm in the box ``box_nm`` [3, 3] nm, converted to Å as OpenMMModel does."""
+def time_neighbor_list(model: torch.nn.Module, positions_nm: np.ndarray, box_nm: np.ndarray,
+                       repeats: int) -> Tuple[float, float]:
+    """Median (wall, process CPU) seconds of the neighbour lists an SO3LR forward pass builds:
+    ``viskrates::neighbor_list`` at ``model.sr_cutoff`` (positions requiring grad, as in the model) and at
+    ``model.lr_cutoff`` (detached), on ``positions_nm`` [n_ML, 3] nm in the box ``box_nm`` [3, 3] nm, converted
+    to Å as OpenMMModel does; at least :data:`NL_MIN_REPEATS` calls after one untimed call."""
     from .ops import neighbor_list
     from .units import NM_TO_ANGSTROM
 
-    dtype = model.atomic_scales.dtype
+    dtype = next(model.parameters()).dtype
     positions = torch.tensor(positions_nm, dtype=dtype) * NM_TO_ANGSTROM
     box = torch.tensor(box_nm, dtype=dtype) * NM_TO_ANGSTROM
     cutoffs = [float(model.sr_cutoff)] + ([] if model.lr_cutoff is None else [float(model.lr_cutoff)])
@@ -290,8 +313,10 @@ def run_row(built: BuiltSystem, model: torch.nn.Module, timer: ModelTimer, force
     minimise ``built.positions`` with at most ``minimize_iterations`` L-BFGS iterations.
 
     Returns:
-        dict with ``seconds_per_step``, ``ns_per_day``, ``split`` (``model``, ``neighbor_list``, ``openmm``,
-        ``rest``, seconds per step), ``model_total_seconds`` (model incl. neighbour list), ``minimized_positions``.
+        dict with ``seconds_per_step`` (wall), ``cpu_seconds_per_step`` (process CPU time), ``ns_per_day``,
+        ``split`` (wall seconds per step of ``model``, ``neighbor_list``, ``openmm``, ``rest``), ``split_cpu``
+        (the same in process CPU time), ``model_total_seconds`` (wall, model incl. neighbour list),
+        ``minimized_positions``.
 
     Raises:
         RuntimeError: the simulation produced a non-finite energy, or the force backend cannot run.
@@ -303,15 +328,13 @@ def run_row(built: BuiltSystem, model: torch.nn.Module, timer: ModelTimer, force
     context = openmm.Context(system, integrator, *_platform(platform, threads))
     if start_positions is None:
         context.setPositions(built.positions)
-        openmm.LocalEnergyMinimizer.minimize(context, 10.0, minimize_iterations)
+        openmm.LocalEnergyMinimizer.minimize(context, 10.0, minimize_iterations)  # tolerance kJ/mol/nm
     else:
         context.setPositions(start_positions)
     minimized = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
     context.setVelocitiesToTemperature(TEMPERATURE_K * unit.kelvin, SEED)
     integrator.step(warmup_steps)
-    start = time.perf_counter()
-    integrator.step(steps)
-    seconds_per_step = (time.perf_counter() - start) / steps
+    step_wall, step_cpu = _median_seconds(lambda: integrator.step(1), steps)
 
     state = context.getState(getPositions=True, getEnergy=True)
     energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
@@ -324,16 +347,17 @@ def run_row(built: BuiltSystem, model: torch.nn.Module, timer: ModelTimer, force
     nl = time_neighbor_list(model, positions, box, repeats)
 
     integrator.setIntegrationForceGroups({0})
-    integrator.step(1)
-    start = time.perf_counter()
-    integrator.step(steps)
-    openmm_seconds = (time.perf_counter() - start) / steps
+    openmm_step = _median_seconds(lambda: integrator.step(1), steps, 1)
 
-    split = {"model": model_total - nl, "neighbor_list": nl, "openmm": openmm_seconds}
-    split["rest"] = seconds_per_step - sum(split.values())
-    return {"seconds_per_step": seconds_per_step,
-            "ns_per_day": built.spec.timestep_fs * 1e-6 * 86400.0 / seconds_per_step,
-            "split": split, "model_total_seconds": model_total, "minimized_positions": minimized}
+    splits = []
+    for k, step in enumerate((step_wall, step_cpu)):
+        split = {"model": model_total[k] - nl[k], "neighbor_list": nl[k], "openmm": openmm_step[k]}
+        split["rest"] = step - sum(split.values())
+        splits.append(split)
+    return {"seconds_per_step": step_wall, "cpu_seconds_per_step": step_cpu,
+            "ns_per_day": built.spec.timestep_fs * 1e-6 * 86400.0 / step_wall,
+            "split": splits[0], "split_cpu": splits[1], "model_total_seconds": model_total[0],
+            "minimized_positions": minimized}
 
 
 def benchmark_system(built: BuiltSystem, force_backends: Sequence[str], model_backend: str = "fused",
@@ -344,14 +368,15 @@ def benchmark_system(built: BuiltSystem, force_backends: Sequence[str], model_ba
     minimisation (in the first row that runs) and one :class:`ModelTimer`.
 
     ``steps``, ``warmup_steps``, ``minimize_iterations``: None takes the system's default
-    (:data:`SYSTEM_SPECS`). A row that raises RuntimeError, ValueError or an OpenMM exception gets the status
+    (:data:`SYSTEM_SPECS`). ``threads``: of the OpenMM platform (torch's thread count is the caller's, see
+    :func:`run_benchmark`). A row that raises RuntimeError, ValueError or an OpenMM exception gets the status
     ``'failed: …'``; the others ``'ok'`` (see :func:`run_benchmark` for the fields).
     """
     spec = built.spec
     n_steps = spec.steps if steps is None else steps
     n_warmup = spec.warmup_steps if warmup_steps is None else warmup_steps
     n_minimize = spec.minimize_iterations if minimize_iterations is None else minimize_iterations
-    model = _make_model(built, model_backend, dtype)
+    model = make_model(built, model_backend, dtype)
     info = {"system": spec.name, "n_atoms": built.system.getNumParticles(), "n_ml_atoms": len(built.ml_atoms),
             "timestep_fs": spec.timestep_fs, "steps": n_steps}
     start_positions, timer, results = None, ModelTimer(), []
@@ -389,8 +414,9 @@ def machine_description(threads: int, platform: str) -> List[str]:
                 continue
         return "not installed"
 
+    pme_threads = os.environ.get("OPENMM_CPU_THREADS", f"{os.cpu_count()} (all logical CPUs)")
     return [f"machine: {cpu}, {os.cpu_count()} logical CPUs, load average {load} (1/5/15 min)",
-            f"threads: torch {threads}, OpenMM {platform} platform {threads}",
+            f"threads: torch {threads}, OpenMM {platform} platform {threads}, OpenMM CPU PME {pme_threads}",
             f"software: Python {platform_module.python_version()}, torch {torch.__version__}, OpenMM "
             f"{openmm.__version__}, openmm-ml {version('openmmml')}, openmm-torch "
             f"{version('acellera-openmmtorch', 'openmmtorch')}"]
@@ -406,7 +432,7 @@ def format_table(results: Sequence[Dict]) -> List[str]:
             continue
         split = r["split"]
         rows.append([r["system"], atoms, r["backend"], f"{r['seconds_per_step'] * 1e3:.1f}",
-                     f"{r['ns_per_day']:.3f} ({r['timestep_fs']:g} fs)"]
+                     f"{r['cpu_seconds_per_step'] * 1e3:.1f}", f"{r['ns_per_day']:.3f} ({r['timestep_fs']:g} fs)"]
                     + [f"{split[k] * 1e3:.1f}" for k in ("model", "neighbor_list", "openmm", "rest")])
     widths = [max(len(row[k]) for row in rows) for k in range(len(COLUMNS))]
     return ["  ".join(cell.ljust(w) if k < 3 else cell.rjust(w) for k, (cell, w) in enumerate(zip(row, widths)))
@@ -439,8 +465,10 @@ def run_benchmark(systems: Sequence[str] = SYSTEMS, force_backends: Sequence[str
     Returns:
         One dict per (system, force backend): ``system``, ``backend``, ``status`` (``'ok'``, ``'skipped: …'`` or
         ``'failed: …'``), and for built systems ``n_atoms``, ``n_ml_atoms``, ``timestep_fs``, ``steps``; for
-        ``'ok'`` rows also ``seconds_per_step``, ``ns_per_day`` and ``split`` (seconds per step: ``model``,
-        ``neighbor_list``, ``openmm``, ``rest``; they add up to ``seconds_per_step``) and ``model_total_seconds``.
+        ``'ok'`` rows also ``seconds_per_step``, ``cpu_seconds_per_step``, ``ns_per_day``, ``split`` (wall seconds
+        per step: ``model``, ``neighbor_list``, ``openmm``, ``rest``; they add up to ``seconds_per_step``),
+        ``split_cpu`` (the same in process CPU time, adding up to ``cpu_seconds_per_step``) and
+        ``model_total_seconds``.
 
     Raises:
         ValueError: unknown system, backend, model backend, precision or platform; empty selection; threads,
@@ -511,10 +539,17 @@ def run_benchmark(systems: Sequence[str] = SYSTEMS, force_backends: Sequence[str
     for r in results:
         if r["status"] != "ok":
             print(f"{r['system']} {r['backend']}: {r['status']}", file=out)
-    print("ms/step: wall time per MD step (mean of the timed steps); model: forward + backward of the force's "
-          "TorchScript module minus NL; NL: viskrates::neighbor_list at SO3LR's two cutoffs; OpenMM: an MD step "
-          "without the ML force (classical forces, constraints, integrator); rest: ms/step minus the three "
-          "(PythonForce/TorchForce overhead and data conversion)", file=out)
+    for name in systems:
+        spec = SYSTEM_SPECS[name]
+        print(f"{name}: {spec.description}, {spec.timestep_fs:g} fs, "
+              f"{spec.steps if steps is None else steps} timed steps after "
+              f"{spec.warmup_steps if warmup_steps is None else warmup_steps} warm-up steps", file=out)
+    print("ms/step: wall time per MD step (median of the timed steps); cpu ms/step: process CPU time per step (all "
+          "threads); model: forward + backward of the force's TorchScript module called from Python, minus NL; "
+          "NL: viskrates::neighbor_list at SO3LR's two cutoffs; OpenMM: an MD step without the ML force (classical "
+          "forces, constraints, integrator); rest: ms/step minus the three (PythonForce/TorchForce overhead and data "
+          "conversion; negative when parts overlap, e.g. OpenMM's PME thread runs alongside the ML force, or when "
+          "other processes disturbed the separate measurements)", file=out)
     return results
 
 
@@ -522,10 +557,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``viskrates bench --openmm`` (an argument group; ``--openmm`` itself, ``--threads``, ``--repeats``
     and ``--dtype``, shared with the model benchmark, are added by :func:`viskrates.bench.add_arguments`)."""
     group = parser.add_argument_group("OpenMM benchmark (with --openmm)")
-    group.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS, help="(default: all)")
-    group.add_argument("--force-backends", nargs="+", default=list(FORCE_BACKENDS), choices=FORCE_BACKENDS,
+    defaults = _OPENMM_DEFAULTS
+    group.add_argument("--systems", nargs="+", default=defaults["systems"], choices=SYSTEMS, help="(default: all)")
+    group.add_argument("--force-backends", nargs="+", default=defaults["force_backends"], choices=FORCE_BACKENDS,
                        help="torch: openmm-torch TorchForce, python: openmm.PythonForce (default: both)")
-    group.add_argument("--model-backend", default="fused", choices=MODEL_BACKENDS, help="(default: %(default)s)")
+    group.add_argument("--model-backend", default=defaults["model_backend"], choices=MODEL_BACKENDS,
+                       help="(default: %(default)s)")
     group.add_argument("--steps", type=int, default=None,
                        help="timed MD steps per row (default per system: " +
                             ", ".join(f"{s.name} {s.steps}" for s in SYSTEM_SPECS.values()) + ")")
@@ -534,16 +571,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        + ")")
     group.add_argument("--minimize-iterations", type=int, default=None, help="(default per system: " +
                        ", ".join(f"{s.name} {s.minimize_iterations}" for s in SYSTEM_SPECS.values()) + ")")
-    group.add_argument("--water-atoms", type=int, default=3000, help="size of the full-ML water box "
+    group.add_argument("--water-atoms", type=int, default=defaults["water_atoms"], help="size of the full-ML water box "
                        "(default: %(default)s)")
-    group.add_argument("--platform", default="CPU", help="OpenMM platform (default: %(default)s)")
+    group.add_argument("--platform", default=defaults["platform"], help="OpenMM platform (default: %(default)s)")
     group.add_argument("--structure-dir", default=None,
                        help="folder with the ML/MM structures (default: the repository's examples/structures)")
-
-
-_OPENMM_DEFAULTS = {"systems": list(SYSTEMS), "force_backends": list(FORCE_BACKENDS), "model_backend": "fused",
-                    "steps": None, "warmup_steps": None, "minimize_iterations": None, "water_atoms": 3000,
-                    "platform": "CPU", "structure_dir": None}
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -569,7 +601,12 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def run_from_arguments(args: argparse.Namespace) -> int:
-    """Run :func:`run_benchmark` with the options of :func:`add_arguments` (``dtype`` float64 = double precision)."""
+    """Run :func:`run_benchmark` with the options of :func:`add_arguments` (``dtype`` float64 = double precision).
+
+    Also sets ``OPENMM_CPU_THREADS`` to ``--threads`` unless it is set: OpenMM's CPU PME reads it (once per
+    process, at its first use) for its own thread pool, which otherwise uses every logical CPU.
+    """
+    os.environ.setdefault("OPENMM_CPU_THREADS", str(args.threads))
     run_benchmark(args.systems, args.force_backends, args.model_backend,
                   "double" if args.dtype == "float64" else "single", args.threads, args.steps, args.warmup_steps,
                   args.minimize_iterations, args.repeats, args.water_atoms, args.platform, args.structure_dir)
