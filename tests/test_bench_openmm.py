@@ -92,6 +92,19 @@ def test_unavailable_torchforce_is_skipped_with_its_reason(monkeypatch):
     assert "alanine-dipeptide torch: skipped: openmm-torch does not import" in text
 
 
+def test_water_box_has_the_requested_atoms():
+    built = bench_openmm.build_water_system(bench_openmm.SYSTEM_SPECS["water"], 300)
+    assert built.system.getNumParticles() == 300 and built.full_ml and built.ml_atoms == list(range(300))
+    assert built.atomic_numbers == [8, 1, 1] * 100
+    mass = sum(built.system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(300))
+    assert mass == pytest.approx(100 * 18.015, rel=1e-3)
+    edge = built.system.getDefaultPeriodicBoxVectors()[0][0].value_in_unit(unit.angstrom)
+    assert built.lr_cutoff == pytest.approx(min(12.0, edge / 2 - 0.01))
+    # whole TIP3P molecules in nm: O-H 0.09572 nm
+    oh = np.linalg.norm(built.positions.reshape(100, 3, 3)[:, 1:] - built.positions[0::3, None], axis=-1)
+    np.testing.assert_allclose(oh, 0.09572, atol=5e-4)
+
+
 def test_bad_options_are_refused(capsys):
     with pytest.raises(ValueError, match="unknown or no system"):
         bench_openmm.run_benchmark(["argon"])
@@ -99,6 +112,8 @@ def test_bad_options_are_refused(capsys):
         bench_openmm.run_benchmark(threads=0)
     with pytest.raises(ValueError, match="unknown OpenMM platform"):
         bench_openmm.run_benchmark(platform="Abacus")
+    with pytest.raises(ValueError, match="multiple of 3"):
+        bench_openmm.run_benchmark(["water"], water_atoms=3001)
     assert main(["bench", "--systems", "water"]) == 2
     assert "--systems need(s) --openmm" in capsys.readouterr().err
     assert main(["bench", "--openmm", "--sizes", "300"]) == 2

@@ -5,12 +5,12 @@ Systems (issue 4, "Performance in OpenMM"):
 * ``alanine-dipeptide``: alanine dipeptide in TIP3P water, ML/MM (SO3LR on the 22 peptide atoms, amber14 and
   PME for the rest, openmm-ml's mechanical embedding), 1 fs;
 * ``chignolin``: chignolin (PDB 5AWL) in TIP3P water, ML/MM in the same way (166 ML atoms), 1 fs;
-* ``water``: a periodic TIP3P water box of about 3,000 atoms, everything SO3LR, with the PME hand-off of its
-  electrostatics (:func:`viskrates.openmm.add_pme_handoff`), 0.5 fs.
+* ``water``: a periodic box of 1,000 TIP3P waters (3,000 atoms), everything SO3LR, with the PME hand-off of
+  its electrostatics (:func:`viskrates.openmm.add_pme_handoff`), 0.5 fs.
 
 The ML/MM systems are built by the main job's :func:`viskrates.simulate.build_system` (PDBFixer, Modeller,
 amber14, 1 nm of water but a box at least twice SO3LR's 12 Å long-range cutoff wide), the water box by
-:func:`viskrates.bench.water_box`. Each system is built and minimised once; then, for each force backend
+:func:`build_water_system` (OpenMM's Modeller). Each system is built and minimised once; then, for each force backend
 (``torch``: openmm-torch's ``TorchForce``, ``python``: ``openmm.PythonForce``), the SO3LR force is added
 (:func:`viskrates.openmm.create_force`), a Context is created, velocities are drawn at 300 K, the
 Langevin (``LangevinMiddleIntegrator``, 1/ps) integrator runs some warm-up steps (TorchScript's profiling
@@ -178,21 +178,33 @@ def build_mlmm_system(spec: SystemSpec, structure_dir: str, lr_cutoff: float = L
 
 
 def build_water_system(spec: SystemSpec, n_atoms: int) -> BuiltSystem:
-    """A periodic TIP3P water box of about ``n_atoms`` atoms (:func:`viskrates.bench.water_box`) as a System with
-    masses and a centre-of-mass motion remover; SO3LR's long-range cutoff is min(12 Å, half the box edge minus
-    0.01 Å) because the box must be twice the cutoff wide."""
-    from .bench import water_box
+    """A periodic cubic box of ``n_atoms / 3`` TIP3P waters as a System with masses and a centre-of-mass motion
+    remover. OpenMM's Modeller keeps exactly that many waters of its pre-equilibrated box (``numAdded``) and sizes
+    the box to them; that leaves about 10 % fewer waters per volume than liquid water. SO3LR's long-range cutoff is
+    min(12 Å, half the box edge minus 0.01 Å) because the box must be twice the cutoff wide.
+
+    Raises:
+        ValueError: ``n_atoms`` is not a positive multiple of 3.
+    """
+    from .openmm import topology_atomic_numbers
     from .units import NM_TO_ANGSTROM
 
-    numbers, positions, box = water_box(n_atoms)  # Å
+    if n_atoms < 3 or n_atoms % 3:
+        raise ValueError(f"a water box has a multiple of 3 atoms, got {n_atoms}")
+    modeller = openmm.app.Modeller(openmm.app.Topology(), [])
+    modeller.addSolvent(openmm.app.ForceField("amber14/tip3p.xml"), model="tip3p", numAdded=n_atoms // 3)
+    topology = modeller.topology
     system = openmm.System()
-    for z in numbers:
-        system.addParticle(openmm.app.Element.getByAtomicNumber(int(z)).mass)
-    system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*(row / NM_TO_ANGSTROM)) for row in box])
+    for atom in topology.atoms():
+        system.addParticle(atom.element.mass)
+    box = topology.getPeriodicBoxVectors()
+    system.setDefaultPeriodicBoxVectors(*box)
     system.addForce(openmm.CMMotionRemover())
-    lr_cutoff = min(LR_CUTOFF, 0.5 * float(np.min(np.diag(box))) - 0.01)
-    return BuiltSystem(spec, system, positions / NM_TO_ANGSTROM, list(range(len(numbers))), [int(z) for z in numbers],
-                       0.0, lr_cutoff, full_ml=True)
+    edges = [box[i][i].value_in_unit(unit.nanometer) * NM_TO_ANGSTROM for i in range(3)]
+    lr_cutoff = min(LR_CUTOFF, 0.5 * min(edges) - 0.01)
+    return BuiltSystem(spec, system, np.array(modeller.positions.value_in_unit(unit.nanometer)),
+                       list(range(topology.getNumAtoms())), topology_atomic_numbers(topology), 0.0, lr_cutoff,
+                       full_ml=True)
 
 
 def make_model(built: BuiltSystem, model_backend: str, dtype: torch.dtype) -> torch.nn.Module:
@@ -456,7 +468,7 @@ def run_benchmark(systems: Sequence[str] = SYSTEMS, force_backends: Sequence[str
         steps, warmup_steps, minimize_iterations: per row / per system; None takes each system's default
             (:data:`SYSTEM_SPECS`).
         repeats: timed calls of the model (median) for the cost split; the neighbour list gets at least 10.
-        water_atoms: target size of the full-ML water box.
+        water_atoms: atoms of the full-ML water box (a multiple of 3).
         platform: OpenMM platform name.
         structure_dir: folder with the ML/MM structures (default: :func:`default_structure_dir`).
         out: text stream of the report (default: sys.stdout at call time).
@@ -472,7 +484,8 @@ def run_benchmark(systems: Sequence[str] = SYSTEMS, force_backends: Sequence[str
 
     Raises:
         ValueError: unknown system, backend, model backend, precision or platform; empty selection; threads,
-            steps, repeats or water_atoms < 1; warm-up steps or minimisation iterations < 0.
+            steps or repeats < 1; warm-up steps or minimisation iterations < 0; water_atoms not a positive multiple
+            of 3 (with the water system).
         FileNotFoundError: no structure folder for an ML/MM system.
     """
     for name, chosen, allowed in (("system", systems, SYSTEMS), ("force backend", force_backends, FORCE_BACKENDS),
@@ -481,8 +494,10 @@ def run_benchmark(systems: Sequence[str] = SYSTEMS, force_backends: Sequence[str
         bad = [c for c in chosen if c not in allowed]
         if bad or not chosen:
             raise ValueError(f"unknown or no {name}(s) {bad}; choose from {', '.join(allowed)}")
+    if "water" in systems and (water_atoms < 3 or water_atoms % 3):
+        raise ValueError(f"water_atoms must be a positive multiple of 3 (atoms of whole waters), got {water_atoms}")
     for name, value, least in (("threads", threads, 1), ("steps", steps, 1), ("repeats", repeats, 1),
-                               ("water_atoms", water_atoms, 1), ("warmup_steps", warmup_steps, 0),
+                               ("warmup_steps", warmup_steps, 0),
                                ("minimize_iterations", minimize_iterations, 0)):
         if value is not None and value < least:
             raise ValueError(f"{name} must be at least {least}, got {value}")
@@ -571,7 +586,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        + ")")
     group.add_argument("--minimize-iterations", type=int, default=None, help="(default per system: " +
                        ", ".join(f"{s.name} {s.minimize_iterations}" for s in SYSTEM_SPECS.values()) + ")")
-    group.add_argument("--water-atoms", type=int, default=defaults["water_atoms"], help="size of the full-ML water box "
+    group.add_argument("--water-atoms", type=int, default=defaults["water_atoms"], help="atoms of the full-ML water box, a multiple of 3 "
                        "(default: %(default)s)")
     group.add_argument("--platform", default=defaults["platform"], help="OpenMM platform (default: %(default)s)")
     group.add_argument("--structure-dir", default=None,
