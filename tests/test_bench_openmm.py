@@ -44,6 +44,23 @@ def test_ml_force_and_classical_groups_are_what_the_split_times(alanine_dipeptid
     assert sorted(set(built.atomic_numbers)) == [1, 6, 7, 8]
 
 
+def test_full_ml_box_times_the_pme_handoff_model():
+    """For the full-ML box the timed module is the PME hand-off's SO3LR (switched in-cutoff electrostatics), which
+    is what its ML force evaluates, not the plain SO3LR (shifted-force electrostatics)."""
+    built = bench_openmm.build_water_system(bench_openmm.SYSTEM_SPECS["water"], 300)
+    model = bench_openmm.make_model(built, "reference", torch.float64)
+    system, openmm_model = bench_openmm.add_ml_force(built, model, "python")
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(built.positions)
+    ml_energy = context.getState(getEnergy=True, groups={bench_openmm.ML_GROUP}).getPotentialEnergy()
+    box = torch.tensor(np.array(context.getState().getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)))
+    positions = torch.tensor(built.positions)
+    expected = float(openmm_model(positions, box))
+    assert ml_energy.value_in_unit(unit.kilojoule_per_mole) == pytest.approx(expected, rel=1e-9)
+    plain = float(viskrates.openmm.OpenMMModel(model, built.atomic_numbers, periodic=True)(positions, box))
+    assert abs(plain - expected) > 1.0  # kJ/mol: the two electrostatics really differ, so the check can fail
+
+
 def test_rows_table_and_cost_split(alanine_dipeptide):
     torchforce = viskrates.openmm.torchforce_unavailable_reason() is None
     backends = ["torch", "python"] if torchforce else ["python"]
