@@ -520,7 +520,7 @@ def run_benchmark(systems: Sequence[str] = SYSTEMS, force_backends: Sequence[str
         if progress:
             print(f"[viskrates bench --openmm] {message}", file=sys.stderr, flush=True)
 
-    print(f"viskrates bench --openmm: SO3LR ({model_backend} kernels, {precision} precision) in OpenMM MD, "
+    print(f"viskrates bench --openmm: SO3LR ({model_backend} backend, {precision} precision) in OpenMM MD, "
           f"Langevin {TEMPERATURE_K:g} K", file=out)
     for line in machine_description(threads, platform):
         print(line, file=out)
