@@ -95,6 +95,13 @@ def test_rows_table_and_cost_split(alanine_dipeptide):
         assert float(cells[4]) == pytest.approx(row["cpu_seconds_per_step"] * 1e3, abs=0.051)
         assert cells[6:8] == ["(1", "fs)"]
         assert float(cells[8]) == pytest.approx(row["split"]["model"] * 1e3, abs=0.051)
+    ratios = bench_openmm.format_ratios(rows)
+    if torchforce:
+        ratio = rows[1]["seconds_per_step"] / rows[0]["seconds_per_step"]
+        assert ratios == [f"alanine-dipeptide: PythonForce/TorchForce ms/step {ratio:.2f} (CPU time "
+                          f"{rows[1]['cpu_seconds_per_step'] / rows[0]['cpu_seconds_per_step']:.2f})"]
+    else:
+        assert ratios == []
 
 
 def test_unavailable_torchforce_is_skipped_with_its_reason(monkeypatch):

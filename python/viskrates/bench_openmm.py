@@ -38,6 +38,7 @@ the end of the timed steps:
   ``--threads``), concurrently with the other forces, the ML force included. The result dicts hold the same
   split in process CPU time too (``split_cpu``), which has no overlap and which other processes disturb less.
 
+After the table, the ratio PythonForce ms/step / TorchForce ms/step is printed for every system with both rows.
 A force backend that cannot run (no working openmm-torch for ``torch``) is reported as skipped with the
 reason; a row that fails (an exception while building or running it) as failed with the error. The header
 describes the machine (CPU model, logical CPUs, load average, threads) and the versions of Python, torch,
@@ -451,6 +452,19 @@ def format_table(results: Sequence[Dict]) -> List[str]:
             for row in rows]
 
 
+def format_ratios(results: Sequence[Dict]) -> List[str]:
+    """One line per system with both a ``torch`` and a ``python`` row that ran: PythonForce ms/step / TorchForce
+    ms/step (wall and CPU time; above 1 means TorchForce is faster)."""
+    lines = []
+    for name in dict.fromkeys(r["system"] for r in results):
+        rows = {r["backend"]: r for r in results if r["system"] == name and r["status"] == "ok"}
+        if "torch" in rows and "python" in rows:
+            wall = rows["python"]["seconds_per_step"] / rows["torch"]["seconds_per_step"]
+            cpu = rows["python"]["cpu_seconds_per_step"] / rows["torch"]["cpu_seconds_per_step"]
+            lines.append(f"{name}: PythonForce/TorchForce ms/step {wall:.2f} (CPU time {cpu:.2f})")
+    return lines
+
+
 def run_benchmark(systems: Sequence[str] = SYSTEMS, force_backends: Sequence[str] = FORCE_BACKENDS,
                   model_backend: str = "fused", precision: str = "single", threads: int = 1,
                   steps: Optional[int] = None, warmup_steps: Optional[int] = None,
@@ -549,7 +563,7 @@ def run_benchmark(systems: Sequence[str] = SYSTEMS, force_backends: Sequence[str
                     results.append(rows.pop(0))
     finally:
         torch.set_num_threads(previous_threads)
-    for line in format_table(results):
+    for line in format_table(results) + format_ratios(results):
         print(line, file=out)
     for r in results:
         if r["status"] != "ok":
