@@ -511,8 +511,7 @@ def run_benchmark(systems: Sequence[str] = SYSTEMS, force_backends: Sequence[str
     if "water" in systems and (water_atoms < 3 or water_atoms % 3):
         raise ValueError(f"water_atoms must be a positive multiple of 3 (atoms of whole waters), got {water_atoms}")
     for name, value, least in (("threads", threads, 1), ("steps", steps, 1), ("repeats", repeats, 1),
-                               ("warmup_steps", warmup_steps, 0),
-                               ("minimize_iterations", minimize_iterations, 0)):
+                               ("warmup_steps", warmup_steps, 0), ("minimize_iterations", minimize_iterations, 0)):
         if value is not None and value < least:
             raise ValueError(f"{name} must be at least {least}, got {value}")
     available = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
