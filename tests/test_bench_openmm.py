@@ -80,8 +80,11 @@ def test_rows_table_and_cost_split(alanine_dipeptide):
         # The parts, measured separately, must not add up to more than the step they are parts of. Checked in
         # process CPU time: wall times of separate measurements on a shared machine depend on what the other
         # processes do meanwhile (and PME runs concurrently with the ML force, so wall-time parts overlap).
+        # PythonForce evaluates the module exactly as it is timed (a Python call); TorchForce calls it from C++,
+        # which took up to ~1.4x less CPU time than the Python call in measurements here, hence the wider bound.
         cpu = row["split_cpu"]
-        assert cpu["model"] + cpu["neighbor_list"] + cpu["openmm"] <= 1.25 * row["cpu_seconds_per_step"] + 2e-3, row
+        bound = (1.25 if row["backend"] == "python" else 1.6) * row["cpu_seconds_per_step"] + 2e-3
+        assert cpu["model"] + cpu["neighbor_list"] + cpu["openmm"] <= bound, row
         assert row["model_total_seconds"] == pytest.approx(row["split"]["model"] + row["split"]["neighbor_list"])
 
     table = bench_openmm.format_table(rows)

@@ -37,6 +37,9 @@ the end of the timed steps:
   ``OPENMM_CPU_THREADS`` threads, default all logical CPUs; ``viskrates bench --openmm`` sets it to
   ``--threads``), concurrently with the other forces, the ML force included. The result dicts hold the same
   split in process CPU time too (``split_cpu``), which has no overlap and which other processes disturb less.
+  For TorchForce rows ``model`` overestimates the force's own cost: the same module called from C++ inside the
+  step took up to ~1.4x less CPU time than the Python call that is timed (alanine dipeptide, 22 ML atoms; cause
+  not found), so there ``rest`` is too small and is often negative even in CPU time.
 
 After the table, the ratio PythonForce ms/step / TorchForce ms/step is printed for every system with both rows.
 A force backend that cannot run (no working openmm-torch for ``torch``) is reported as skipped with the
