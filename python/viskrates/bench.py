@@ -308,13 +308,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=list(DEFAULT_SIZES),
                         help="target atom counts of the water boxes (default: %(default)s)")
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS, help="(default: both)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per case (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps per case (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per case; with --openmm also OpenMM's (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed steps per case; with --openmm timed model calls (default: %(default)s)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="(default: %(default)s)")
     parser.add_argument("--no-ptxas", action="store_true", help="skip the ptxas resource report")
+    parser.add_argument("--openmm", action="store_true",
+                        help="time MD steps inside OpenMM (TorchForce vs PythonForce) instead of the model alone")
+    from . import bench_openmm
+
+    bench_openmm.add_arguments(parser)
 
 
 def run_from_arguments(args: argparse.Namespace) -> int:
+    from . import bench_openmm
+
+    bench_openmm.check_arguments(args)
+    if args.openmm:
+        return bench_openmm.run_from_arguments(args)
     run_benchmark(args.models, args.sizes, args.backends, args.threads, args.repeats, args.dtype, not args.no_ptxas)
     return 0
 
