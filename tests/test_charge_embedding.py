@@ -32,13 +32,14 @@ def water_box():
     return make_water_box()
 
 
-def make_water_box():
+def make_water_box(ewald_error_tolerance=1e-6):
     """Topology, force-field System, positions [555, 3] nm, box [3, 3] nm and the 6 ML atoms (module docstring)."""
     forcefield = app.ForceField("amber14-all.xml", "amber14/tip3p.xml")
     modeller = app.Modeller(app.Topology(), [])
     modeller.addSolvent(forcefield, boxSize=openmm.Vec3(1.8, 1.8, 1.8) * unit.nanometer)
     system = forcefield.createSystem(modeller.topology, nonbondedMethod=app.PME, nonbondedCutoff=CUTOFF * unit.nanometer,
-                                     rigidWater=False, constraints=None, ewaldErrorTolerance=1e-6)
+                                     rigidWater=False, constraints=None,
+                                     ewaldErrorTolerance=ewald_error_tolerance)
     nonbonded = next(f for f in system.getForces() if isinstance(f, openmm.NonbondedForce))
     nonbonded.setUseDispersionCorrection(False)
     positions = modeller.getPositions().value_in_unit(unit.nanometer)
@@ -85,10 +86,10 @@ def _model(so3lr64, positions, box, ml_atoms):
     return float(out["energy"]) * EV_TO_KJ_PER_MOL, out["partial_charges"].numpy()
 
 
-def _periodic_coulomb(charges, positions, box, sigma=2.2):
+def _periodic_coulomb(charges, positions, box, sigma=2.6):
     """Exact periodic 1/r Coulomb energy (kJ/mol) of point charges, all pairs and images (tin-foil Ewald):
     the erf part from :func:`ewald_erf_energy`, the erfc part as a minimum-image real-space sum (erfc(L/2σ)
-    ≈ 1e-9, so further images do not matter)."""
+    ≈ 8e-7, so further images add less than 1e-4 kJ/mol)."""
     reciprocal = float(ewald_erf_energy(torch.tensor(charges), torch.tensor(positions * 10.0),
                                         torch.tensor(box * 10.0), sigma=sigma, tolerance=1e-14))
     d = positions[:, None, :] - positions[None, :, :]
@@ -100,16 +101,14 @@ def _periodic_coulomb(charges, positions, box, sigma=2.2):
     return (reciprocal + real) * EV_TO_KJ_PER_MOL
 
 
-def _reference_energy(water_box, so3lr64, positions, ml_charges):
-    """E_MM-only (OpenMM, ML atoms without charges, LJ and bonded terms) + SO3LR(ML) + ML–MM Lennard-Jones
-    (direct sum) + ML–MM and ML–image Coulomb with ``ml_charges`` (Ewald), each computed independently of
-    the embedding code."""
+def _classical_and_model_reference(water_box, so3lr64, positions):
+    """E_MM-only (OpenMM, the ML atoms without charges, LJ and bonded terms) + SO3LR(ML) + ML–MM Lennard-Jones
+    (direct sum), computed independently of the embedding code (kJ/mol)."""
     topology, system, _, box, ml_atoms = water_box
     ml = set(ml_atoms)
     mm_only = copy.deepcopy(system)
     nonbonded = next(f for f in mm_only.getForces() if isinstance(f, openmm.NonbondedForce))
     ff = [nonbonded.getParticleParameters(i) for i in range(system.getNumParticles())]
-    charges = np.array([p[0].value_in_unit(unit.elementary_charge) for p in ff])
     sigmas = np.array([p[1].value_in_unit(unit.nanometer) for p in ff])
     epsilons = np.array([p[2].value_in_unit(unit.kilojoule_per_mole) for p in ff])
     for i in ml_atoms:
@@ -127,7 +126,6 @@ def _reference_energy(water_box, so3lr64, positions, ml_charges):
                     force.setAngleParameters(a, i, j, k, angle, 0.0)
     e_mm = _energy(_context(mm_only, positions))
     e_ml, _ = _model(so3lr64, positions, box, ml_atoms)
-
     mm_atoms = np.array([i for i in range(len(positions)) if i not in ml])
     d = positions[mm_atoms][None, :, :] - positions[ml_atoms][:, None, :]
     d -= np.round(d / 1.8) * 1.8
@@ -135,7 +133,17 @@ def _reference_energy(water_box, so3lr64, positions, ml_charges):
     sigma = 0.5 * (sigmas[ml_atoms][:, None] + sigmas[mm_atoms][None, :])
     epsilon = np.sqrt(epsilons[ml_atoms][:, None] * epsilons[mm_atoms][None, :])
     lj = np.where(r < CUTOFF, 4.0 * epsilon * ((sigma / r) ** 12 - (sigma / r) ** 6), 0.0).sum()
+    return e_mm + e_ml + lj
 
+
+def _coulomb_reference(water_box, positions, ml_charges):
+    """Coulomb energy (kJ/mol) of the ML charges ``ml_charges`` with all MM charges and with the ML region's
+    periodic images (exact Ewald), i.e. everything Coulomb that involves an ML atom except the ML–ML pairs
+    of the same image."""
+    _, system, _, box, ml_atoms = water_box
+    nonbonded = next(f for f in system.getForces() if isinstance(f, openmm.NonbondedForce))
+    charges = np.array([nonbonded.getParticleParameters(i)[0].value_in_unit(unit.elementary_charge)
+                        for i in range(system.getNumParticles())])
     with_ml = charges.copy()
     with_ml[ml_atoms] = ml_charges
     without_ml = charges.copy()
@@ -145,8 +153,7 @@ def _reference_energy(water_box, so3lr64, positions, ml_charges):
     r = np.linalg.norm(d, axis=-1)
     np.fill_diagonal(r, np.inf)
     same_cell = 0.5 * KE * np.sum(np.outer(ml_charges, ml_charges) / r)
-    coulomb = _periodic_coulomb(with_ml, positions, box) - _periodic_coulomb(without_ml, positions, box) - same_cell
-    return e_mm + e_ml + lj + coulomb, coulomb
+    return _periodic_coulomb(with_ml, positions, box) - _periodic_coulomb(without_ml, positions, box) - same_cell
 
 
 def test_energy_decomposition_uses_model_charges(water_box, so3lr64):
@@ -159,12 +166,12 @@ def test_energy_decomposition_uses_model_charges(water_box, so3lr64):
     _, q = _model(so3lr64, positions, box, ml_atoms)
     np.testing.assert_allclose(embedding.charges, q, rtol=0, atol=1e-12)
     context = _context(mixed, positions)
-    reference, coulomb = _reference_energy(water_box, so3lr64, positions, q)
+    coulomb = _coulomb_reference(water_box, positions, q)
+    reference = _classical_and_model_reference(water_box, so3lr64, positions) + coulomb
     assert _energy(context) == pytest.approx(reference, abs=2e-3)
 
     # The same reference with the force field's TIP3P charges is far off: the test tells the charges apart.
-    tip3p = np.array([-0.834, 0.417, 0.417] * 2)
-    _, coulomb_ff = _reference_energy(water_box, so3lr64, positions, tip3p)
+    coulomb_ff = _coulomb_reference(water_box, positions, np.array([-0.834, 0.417, 0.417] * 2))
     assert abs(coulomb_ff - coulomb) > 1.0
 
     rng = np.random.default_rng(3)
@@ -172,7 +179,8 @@ def test_energy_decomposition_uses_model_charges(water_box, so3lr64):
     moved[ml_atoms] += rng.normal(0.0, 0.01, (6, 3))
     context.setPositions(moved)
     _, q_moved = _model(so3lr64, moved, box, ml_atoms)
-    reference_moved, _ = _reference_energy(water_box, so3lr64, moved, q_moved)
+    reference_moved = (_classical_and_model_reference(water_box, so3lr64, moved)
+                       + _coulomb_reference(water_box, moved, q_moved))
     stale = _energy(context)
     refreshed = embedding.refresh_charges(context)
     np.testing.assert_allclose(refreshed, q_moved, rtol=0, atol=1e-12)
@@ -181,10 +189,12 @@ def test_energy_decomposition_uses_model_charges(water_box, so3lr64):
     assert 2e-3 < abs(stale - reference_moved) < 0.5
 
 
-def test_forces_equal_finite_differences(water_box):
+def test_forces_equal_finite_differences():
     """Forces of the mixed System away from q = q* (ML atoms displaced after q* was set) equal central
-    differences of its energy, for every ML coordinate and the MM atoms nearest to the ML region (they feel
-    q(R), and the chain rule through q(R) moves forces onto the ML atoms)."""
+    differences of its energy, for every ML coordinate and the MM atom nearest to the ML region (it feels
+    q(R), and the chain rule through q(R) moves forces onto the ML atoms). OpenMM's default PME accuracy
+    suffices here (its forces are the exact gradient of its energy)."""
+    water_box = make_water_box(5e-4)
     topology, system, positions, box, ml_atoms = water_box
     mixed, _ = _mixed(water_box, positions=positions)
     rng = np.random.default_rng(5)
@@ -195,7 +205,7 @@ def test_forces_equal_finite_differences(water_box):
         unit.kilojoule_per_mole / unit.nanometer)
     d = moved - moved[0]
     d -= np.round(d / 1.8) * 1.8
-    near_mm = [i for i in np.argsort(np.linalg.norm(d, axis=1)) if i not in ml_atoms][:2]
+    near_mm = [i for i in np.argsort(np.linalg.norm(d, axis=1)) if i not in ml_atoms][:1]
     h = 1e-5
     for atom in ml_atoms + near_mm:
         for k in range(3):
