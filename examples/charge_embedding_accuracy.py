@@ -12,7 +12,8 @@ charges (and the ML region's images), ``E_MM-only + E_SO3LR + E_LJ(ML–MM) + E_
 :func:`viskrates.physics.ewald.ewald_erf_energy` plus a real-space erfc sum), forces by autograd including the
 chain rule through q(R). Printed: energy and force errors of the embedding before and after
 ``refresh_charges`` (q* = q(R)), and, for scale, how much the forces differ from the mechanical embedding
-(force-field charges for the ML–MM Coulomb energy).
+(force-field charges for the ML–MM Coulomb energy). With ``--nve-steps`` it also runs NVE dynamics of the
+embedded System (Reference platform, fixed q*) and prints the energy drift.
 """
 import argparse
 import copy
@@ -58,9 +59,9 @@ def exact_energy_forces(system, so3lr, numbers, ml_atoms, positions, sigma=2.6):
     mm_only = copy.deepcopy(system)
     nonbonded = next(f for f in mm_only.getForces() if isinstance(f, openmm.NonbondedForce))
     params = [nonbonded.getParticleParameters(i) for i in range(system.getNumParticles())]
-    charges = torch.tensor([p[0].value_in_unit(unit.elementary_charge) for p in params])
-    sigmas = torch.tensor([p[1].value_in_unit(unit.nanometer) for p in params])
-    epsilons = torch.tensor([p[2].value_in_unit(unit.kilojoule_per_mole) for p in params])
+    charges = torch.tensor([p[0].value_in_unit(unit.elementary_charge) for p in params], dtype=torch.float64)
+    sigmas = torch.tensor([p[1].value_in_unit(unit.nanometer) for p in params], dtype=torch.float64)
+    epsilons = torch.tensor([p[2].value_in_unit(unit.kilojoule_per_mole) for p in params], dtype=torch.float64)
     for i in ml_atoms:
         nonbonded.setParticleParameters(i, 0.0, 1.0, 0.0)
     for force in mm_only.getForces():
@@ -112,6 +113,9 @@ def main() -> None:
     parser.add_argument("--waters-ml", type=int, default=2)
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--displacement", type=float, default=0.01, help="nm, rms per coordinate")
+    parser.add_argument("--nve-steps", type=int, default=0,
+                        help="then run this many velocity-Verlet steps (0.5 fs, 300 K start, q* fixed) and print "
+                             "the total-energy drift and fluctuation")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -156,11 +160,36 @@ def main() -> None:
             return np.sqrt(np.mean(np.sum(a[atoms] ** 2, axis=1)))
         print(f"trial {trial}: rms |q - q*| {dq:.4f} e; rms force (ML atoms) {rms(f_ref, ml_atoms):.1f} kJ/mol/nm")
         for name, e, f in (("q* stale", e_stale, f_stale), ("q* = q(R)", e_fresh, f_fresh),
-                           ("mechanical (FF charges)", np.nan, f_mech)):
+                           ("mechanical, difference", np.nan, f_mech)):
             print(f"  {name:24s} energy error {e - e_ref:9.4f} kJ/mol; rms force error all atoms "
                   f"{rms(f - f_ref):7.3f}, ML atoms {rms(f - f_ref, ml_atoms):7.3f}, max |ΔF| "
                   f"{np.abs(f - f_ref).max():7.3f} kJ/mol/nm")
+    if args.nve_steps:
+        _nve(info["system"], embedding, positions, args.nve_steps)
+
+
+def _nve(system, embedding, positions, steps, report=10):
+    integrator = openmm.VerletIntegrator(0.5 * unit.femtoseconds)
+    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(positions)
+    embedding.refresh_charges(context)
+    context.setVelocitiesToTemperature(300 * unit.kelvin, 1)
+    times, energies = [], []
+    for step in range(0, steps + 1, report):
+        if step:
+            integrator.step(report)
+        state = context.getState(getEnergy=True)
+        times.append(step * 0.5e-3)
+        energies.append((state.getPotentialEnergy() + state.getKineticEnergy()).value_in_unit(unit.kilojoule_per_mole))
+    energies = np.array(energies)
+    slope = np.polyfit(times, energies, 1)[0]
+    state = context.getState(getPositions=True)
+    final = embedding.model_charges(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer), np.eye(3) * BOX)
+    print(f"NVE {steps} steps of 0.5 fs: total-energy drift {slope:.3f} kJ/mol/ps "
+          f"({slope / system.getNumParticles():.5f} kJ/mol/ps per atom), std {energies.std():.4f} kJ/mol; "
+          f"rms |q - q*| at the end {np.sqrt(np.mean((final - embedding.charges) ** 2)):.4f} e")
 
 
 if __name__ == "__main__":
     main()
+

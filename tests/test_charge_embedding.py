@@ -16,6 +16,7 @@ import torch
 from openmmml import MLPotential
 
 from viskrates.models import SO3LR
+from viskrates.openmm import torchforce_unavailable_reason
 from viskrates.physics import COULOMB_CONSTANT
 from viskrates.physics.ewald import ewald_erf_energy
 from viskrates.units import EV_TO_KJ_PER_MOL
@@ -59,12 +60,12 @@ def so3lr64():
     return SO3LR(lr_cutoff=LR_CUTOFF).double()
 
 
-def _mixed(water_box, positions=None):
+def _mixed(water_box, positions=None, backend="python"):
     topology, system, _, _, ml_atoms = water_box
     args = {} if positions is None else {"positions": positions}
     info = MLPotential("so3lr", lrCutoff=LR_CUTOFF).createMixedSystem(
         topology, system, ml_atoms, embedding="viskrates_charge", precision="double", returnInfo=True,
-        forceGroup=1, **args)
+        forceGroup=1, backend=backend, **args)
     return info["system"], info["chargeEmbedding"]
 
 
@@ -160,7 +161,8 @@ def test_energy_decomposition_uses_model_charges(water_box, so3lr64):
     """At q = q*, the mixed System's energy is MM–MM + SO3LR(ML) + ML–MM LJ + the exact periodic 1/r
     Coulomb energy of the model's charges with the MM charges (and the ML region's images): no ML–ML
     force-field term, and not the force field's ML charges. After moving the ML atoms, refresh_charges
-    restores q = q* exactly."""
+    restores q = q* exactly. With a working openmm-torch, backend='torch' (the same embedded model scripted into
+    a TorchForce) gives the same energy and forces."""
     topology, system, positions, box, ml_atoms = water_box
     mixed, embedding = _mixed(water_box, positions=positions)
     _, q = _model(so3lr64, positions, box, ml_atoms)
@@ -169,6 +171,15 @@ def test_energy_decomposition_uses_model_charges(water_box, so3lr64):
     coulomb = _coulomb_reference(water_box, positions, q)
     reference = _classical_and_model_reference(water_box, so3lr64, positions) + coulomb
     assert _energy(context) == pytest.approx(reference, abs=2e-3)
+
+    if torchforce_unavailable_reason() is None:
+        torch_context = _context(_mixed(water_box, positions=positions, backend="torch")[0], positions)
+        python_state = context.getState(getEnergy=True, getForces=True)
+        torch_state = torch_context.getState(getEnergy=True, getForces=True)
+        assert torch_state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) == pytest.approx(
+            python_state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole), abs=1e-8)
+        np.testing.assert_allclose(torch_state.getForces(asNumpy=True)._value,
+                                   python_state.getForces(asNumpy=True)._value, rtol=0, atol=1e-8)
 
     # The same reference with the force field's TIP3P charges is far off: the test tells the charges apart.
     coulomb_ff = _coulomb_reference(water_box, positions, np.array([-0.834, 0.417, 0.417] * 2))

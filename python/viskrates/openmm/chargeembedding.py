@@ -21,7 +21,7 @@ Energy (ke the Coulomb constant, i ∈ ML, j ∈ MM):
   embedding.
 * the last sum: the in-cutoff correction from q* to q(R), with the shifted-force Coulomb kernel V_SF
   (value and force vanish at rc; the α → 0 limit of the damped shifted force of Fennell & Gezelter,
-  J. Chem. Phys. 124, 234104 (2006), eq. 14). Its q(R) half is evaluated inside the ML force
+  J. Chem. Phys. 124, 234104 (2006)). Its q(R) half is evaluated inside the ML force
   together with the model (:class:`ChargeEmbeddedModel`), so forces include the chain rule through q(R);
   its −q* half is a ``CustomNonbondedForce`` (ML × MM interaction group) so that q* can be refreshed.
 
@@ -71,8 +71,9 @@ from ..physics.zbl import COULOMB_CONSTANT
 from ..units import EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM
 from .force import OpenMMModel, create_force
 
-_EWALD_METHODS = {openmm.NonbondedForce.PME: "PME", openmm.NonbondedForce.Ewald: "Ewald",
-                  openmm.NonbondedForce.LJPME: "LJPME"}
+_METHOD_NAMES = {getattr(openmm.NonbondedForce, name): name
+                 for name in ("NoCutoff", "CutoffNonPeriodic", "CutoffPeriodic", "Ewald", "PME", "LJPME")}
+_EWALD_METHODS = (openmm.NonbondedForce.Ewald, openmm.NonbondedForce.PME, openmm.NonbondedForce.LJPME)
 
 
 class ChargeEmbeddedModel(torch.nn.Module):
@@ -204,7 +205,7 @@ class ChargeEmbedding(Embedding):
         method = nonbonded[0].getNonbondedMethod()
         if method not in _EWALD_METHODS:
             raise ValueError("the viskrates_charge embedding needs a periodic force field with PME, Ewald or LJPME "
-                             f"electrostatics, got NonbondedForce method {method} (createSystem(..., "
+                             f"electrostatics, got {_METHOD_NAMES.get(method, method)} (createSystem(..., "
                              "nonbondedMethod=app.PME))")
         ml_set = set(atoms)
         for index in range(nonbonded[0].getNumExceptions()):
