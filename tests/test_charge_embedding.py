@@ -38,8 +38,8 @@ def make_water_box(ewald_error_tolerance=1e-6):
     forcefield = app.ForceField("amber14-all.xml", "amber14/tip3p.xml")
     modeller = app.Modeller(app.Topology(), [])
     modeller.addSolvent(forcefield, boxSize=openmm.Vec3(1.8, 1.8, 1.8) * unit.nanometer)
-    system = forcefield.createSystem(modeller.topology, nonbondedMethod=app.PME, nonbondedCutoff=CUTOFF * unit.nanometer,
-                                     rigidWater=False, constraints=None,
+    system = forcefield.createSystem(modeller.topology, nonbondedMethod=app.PME,
+                                     nonbondedCutoff=CUTOFF * unit.nanometer, rigidWater=False, constraints=None,
                                      ewaldErrorTolerance=ewald_error_tolerance)
     nonbonded = next(f for f in system.getForces() if isinstance(f, openmm.NonbondedForce))
     nonbonded.setUseDispersionCorrection(False)

@@ -121,22 +121,31 @@ class ChargeEmbeddedModel(torch.nn.Module):
         ml_positions = positions.index_select(0, self.ml_atoms)
         out = self.model(atomic_numbers, ml_positions, box, batch, total_charge)
         charges = out["partial_charges"]
-        vectors = positions.index_select(0, self.mm_atoms).unsqueeze(0) - ml_positions.unsqueeze(1)
-        if box is not None:
-            box = box.to(vectors.dtype)
-            # OpenMM's reduced triclinic form (a ∥ x, b in the xy plane): shifting along c, b, a in turn
-            # gives the minimum image for distances up to half the narrowest width.
-            vectors = vectors - torch.round(vectors[:, :, 2:3] / box[2, 2]) * box[2]
-            vectors = vectors - torch.round(vectors[:, :, 1:2] / box[1, 1]) * box[1]
-            vectors = vectors - torch.round(vectors[:, :, 0:1] / box[0, 0]) * box[0]
-        # Beyond rc the kernel is clamped to its value there, zero, so that pairs outside need no masking
-        # (and contribute no gradient).
-        distances = torch.linalg.vector_norm(vectors, dim=-1).clamp(max=self.cutoff)
+        mm_positions = positions.index_select(0, self.mm_atoms)
+        # The pairs within rc and their periodic shifts are found without autograd on the dense [n_ML, n_MM]
+        # block; only those pairs enter the differentiable energy, so that memory stays O(pairs within rc)
+        # in large solvent boxes.
+        raw = mm_positions.detach().unsqueeze(0) - ml_positions.detach().unsqueeze(1)
+        imaged = raw if box is None else _minimum_image(raw, box.to(raw.dtype))
+        pairs = (torch.linalg.vector_norm(imaged, dim=-1) < self.cutoff).nonzero()
+        first = pairs[:, 0]
+        second = pairs[:, 1]
+        shifts = imaged[first, second] - raw[first, second]
+        vectors = mm_positions.index_select(0, second) - ml_positions.index_select(0, first) + shifts
+        distances = torch.linalg.vector_norm(vectors, dim=-1)
         rc = self.cutoff
         kernel = 1.0 / distances - 1.0 / rc + (distances - rc) / (rc * rc)
-        potential = (self.mm_charges.unsqueeze(0) * kernel).sum(dim=1)   # [n_ML], e/Å
+        potential = torch.zeros_like(charges).index_add_(0, first, self.mm_charges.index_select(0, second) * kernel)
         embedding = self.coulomb_constant * (charges * potential).sum()
         return {"energy": out["energy"] + embedding, "partial_charges": charges}
+
+
+def _minimum_image(vectors: Tensor, box: Tensor) -> Tensor:
+    """Minimum-image ``vectors`` [..., 3] in OpenMM's reduced triclinic box [3, 3] (rows; a ∥ x, b in the xy
+    plane): shifting along c, b, a in turn is exact for lengths up to half the narrowest box width."""
+    vectors = vectors - torch.round(vectors[..., 2:3] / box[2, 2]) * box[2]
+    vectors = vectors - torch.round(vectors[..., 1:2] / box[1, 1]) * box[1]
+    return vectors - torch.round(vectors[..., 0:1] / box[0, 0]) * box[0]
 
 
 class ChargeEmbedding(Embedding):
