@@ -204,7 +204,7 @@ def test_forces_equal_finite_differences():
     """Forces of the mixed System away from q = q* (ML atoms displaced after q* was set) equal central
     differences of its energy, for every ML coordinate and the MM atom nearest to the ML region (it feels
     q(R), and the chain rule through q(R) moves forces onto the ML atoms). OpenMM's default PME accuracy
-    suffices here (its forces are the exact gradient of its energy)."""
+    suffices here (its forces are the exact gradient of its energy). The CPU platform gives the same forces."""
     water_box = make_water_box(5e-4)
     topology, system, positions, box, ml_atoms = water_box
     mixed, _ = _mixed(water_box, positions=positions)
@@ -228,6 +228,17 @@ def test_forces_equal_finite_differences():
             context.setPositions(shifted)
             minus = _energy(context)
             assert forces[atom, k] == pytest.approx(-(plus - minus) / (2 * h), abs=2e-3, rel=1e-5), (atom, k)
+
+    # The CPU platform accepts the System (it demands the NonbondedForce's exclusions in every nonbonded
+    # force) and agrees within its single-precision nonbonded arithmetic.
+    context.setPositions(moved)
+    cpu = openmm.Context(mixed, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("CPU"))
+    cpu.setPositions(moved)
+    state = cpu.getState(getEnergy=True, getForces=True)
+    assert state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) == pytest.approx(_energy(context),
+                                                                                               abs=0.02)
+    np.testing.assert_allclose(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer),
+                               forces, rtol=0, atol=2.0)
 
 
 def test_errors(water_box):

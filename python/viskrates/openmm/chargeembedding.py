@@ -274,6 +274,11 @@ class ChargeEmbedding(Embedding):
         correction.setUseLongRangeCorrection(False)
         for i in range(system.getNumParticles()):
             correction.addParticle([0.0 if i in ml_set else float(ff_charges[i])])
+        # The CPU and GPU platforms require every nonbonded force to have the NonbondedForce's exclusions; none
+        # of them is an ML–MM pair (checked above), so they do not change the interaction group's sum.
+        for index in range(nonbonded.getNumExceptions()):
+            i, j, *_ = nonbonded.getExceptionParameters(index)
+            correction.addExclusion(i, j)
         correction.addInteractionGroup(atoms, mm_atoms)
         correction.setForceGroup(force_group)
         system.addForce(self.ml_force)
