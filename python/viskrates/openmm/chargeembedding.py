@@ -70,6 +70,7 @@ from torch import Tensor
 from ..physics.zbl import COULOMB_CONSTANT
 from ..units import EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM
 from .force import OpenMMModel, create_force
+from .mlpotential import ViskratesPotentialImpl
 
 _METHOD_NAMES = {getattr(openmm.NonbondedForce, name): name
                  for name in ("NoCutoff", "CutoffNonPeriodic", "CutoffPeriodic", "Ewald", "PME", "LJPME")}
@@ -190,7 +191,6 @@ class ChargeEmbedding(Embedding):
                 NonbondedForce without Ewald/PME electrostatics, an ML–MM exception of the force field, the
                 ``mlLongRange`` option, or a cutoff larger than the force field's.
         """
-        from .mlpotential import ViskratesPotentialImpl
         if interpolate:
             raise ValueError("the viskrates_charge embedding does not support interpolate=True (the ML charges "
                              "would have to be interpolated too); use embedding='mechanical' for interpolation")
