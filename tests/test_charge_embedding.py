@@ -254,6 +254,20 @@ def test_forces_equal_finite_differences():
                                forces, rtol=0, atol=2.0)
 
 
+def test_without_positions_q_star_starts_from_force_field_charges(water_box, so3lr64):
+    """Without ``positions`` q* are the force field's charges until the first refresh, after which the energy
+    is the reference energy with the model's charges."""
+    topology, system, positions, box, ml_atoms = water_box
+    mixed, embedding = _mixed(water_box)
+    np.testing.assert_allclose(embedding.charges, [-0.834, 0.417, 0.417] * 2, rtol=0, atol=1e-12)
+    context = _context(mixed, positions)
+    embedding.refresh_charges(context)
+    _, q = _model(so3lr64, positions, box, ml_atoms)
+    reference = (_classical_and_model_reference(water_box, so3lr64, positions)
+                 + _coulomb_reference(water_box, positions, q))
+    assert _energy(context) == pytest.approx(reference, abs=2e-3)
+
+
 def test_errors(water_box):
     topology, system, positions, box, ml_atoms = water_box
     potential = MLPotential("so3lr", lrCutoff=LR_CUTOFF)
@@ -263,6 +277,8 @@ def test_errors(water_box):
     with pytest.raises(ValueError, match="predicts partial charges"):
         MLPotential("visnet", modelPath="weights.pt").createMixedSystem(topology, system, ml_atoms,
                                                                         embedding="viskrates_charge")
+    with pytest.raises(ValueError, match="mlLongRange"):
+        potential.createMixedSystem(topology, system, ml_atoms, embedding="viskrates_charge", mlLongRange=True)
     with pytest.raises(ValueError, match="embeddingCutoff"):
         potential.createMixedSystem(topology, system, ml_atoms, embedding="viskrates_charge", embeddingCutoff=1.2)
     # A ML region that cuts covalent bonds: the error names them.
