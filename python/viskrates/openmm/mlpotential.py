@@ -4,7 +4,7 @@ Registered through the ``openmmml.potentials`` entry-point group (see pyproject.
 ``createSystem`` and ``createMixedSystem`` (mechanical embedding, link atoms) of openmm-ml work with
 viskrates models.
 """
-from typing import Iterable, Optional
+from typing import Iterable, List, Optional, Tuple
 
 import openmm
 import openmm.app
@@ -87,6 +87,22 @@ class ViskratesPotentialImpl(MLPotentialImpl):
     def addForces(self, topology: openmm.app.Topology, system: openmm.System, atoms: Optional[Iterable[int]],
                   forceGroup: int, precision: str = "single", charge: Optional[float] = None,
                   backend: str = "python", **args):
+        atoms = None if atoms is None else list(atoms)
+        model, numbers, charge = self.create_model_for(topology, system, atoms, precision, charge)
+        periodic = topology.getPeriodicBoxVectors() is not None
+        force = create_force(model, numbers, atoms, total_charge=charge, periodic=periodic, backend=backend)
+        force.setForceGroup(forceGroup)
+        system.addForce(force)
+
+    def create_model_for(self, topology: openmm.app.Topology, system: openmm.System,
+                         atoms: Optional[Iterable[int]], precision: str = "single",
+                         charge: Optional[float] = None) -> Tuple[torch.nn.Module, List[int], float]:
+        """The model (Å, eV) in the requested precision, the atomic numbers and the net charge of the ML atoms.
+
+        Raises:
+            ValueError: an unknown precision, a non-integer force-field charge of the region, or elements
+                outside an exported model's training data.
+        """
         if precision not in _PRECISIONS:
             raise ValueError(f"precision must be 'single' or 'double', got {precision!r}")
         atoms = None if atoms is None else list(atoms)
@@ -98,10 +114,7 @@ class ViskratesPotentialImpl(MLPotentialImpl):
         if trained is not None and not set(numbers) <= set(trained):
             raise ValueError(f"the ML region contains elements Z = {sorted(set(numbers) - set(trained))} that "
                              f"are not in the training data of {self.modelPath} (Z = {trained})")
-        periodic = topology.getPeriodicBoxVectors() is not None
-        force = create_force(model, numbers, atoms, total_charge=charge, periodic=periodic, backend=backend)
-        force.setForceGroup(forceGroup)
-        system.addForce(force)
+        return model, numbers, charge
 
     def getMLLongRange(self) -> bool:
         # Both models see only pairs within their cutoffs (SO3LR: minimum image within lrCutoff), so the
