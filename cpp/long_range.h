@@ -5,6 +5,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
 #include <tuple>
 
 #include "long_range_kernel.h"
@@ -13,14 +14,15 @@ namespace viskrates {
 
 // Checked, contiguous inputs of long_range_energy and the derived constants of the kernel.
 struct LongRangeInputs {
-  at::Tensor edge_vectors, row_ptr, senders, charges, polarizabilities, c6;
+  at::Tensor positions, box, row_ptr, senders, shifts, charges, polarizabilities, c6;  // box undefined: open
   int64_t num_atoms = 0, num_edges = 0;
   double cutoff = 0.0, coulomb_constant = 0.0, sigma = 0.0, coulomb_switch_on = 0.0, dispersion_switch_on = 0.0;
   double dispersion_scale = 0.0, coulomb_shift = 0.0, coulomb_slope = 0.0, vdw_radius_factor = 0.0;
 };
 
 // Checks shapes, dtypes, devices and the scalar arguments (c10::ValueError naming the problem).
-LongRangeInputs check_long_range(const at::Tensor& edge_vectors, const at::Tensor& row_ptr, const at::Tensor& senders,
+LongRangeInputs check_long_range(const at::Tensor& positions, const std::optional<at::Tensor>& box,
+                                 const at::Tensor& row_ptr, const at::Tensor& senders, const at::Tensor& shifts,
                                  const at::Tensor& charges, const at::Tensor& polarizabilities, const at::Tensor& c6,
                                  double cutoff, double coulomb_constant, double sigma, double coulomb_switch_on,
                                  double dispersion_switch_on, double dispersion_scale);
@@ -30,9 +32,11 @@ at::Tensor check_long_range_grad(const char* name, const at::Tensor& grad, const
 
 template <typename T>
 lr::Params<T> long_range_params(const LongRangeInputs& in) {
-  return {in.edge_vectors.data_ptr<T>(),
+  return {in.positions.data_ptr<T>(),
+          in.box.defined() ? in.box.data_ptr<T>() : nullptr,
           in.row_ptr.data_ptr<int64_t>(),
           in.senders.data_ptr<int64_t>(),
+          in.shifts.data_ptr<T>(),
           in.charges.data_ptr<T>(),
           in.polarizabilities.data_ptr<T>(),
           in.c6.data_ptr<T>(),
@@ -51,7 +55,8 @@ inline const char* long_range_op_name() { return "viskrates::long_range_energy";
 
 // (coulomb_energies [N], dispersion_energies [N])
 using LongRangeOutputs = std::tuple<at::Tensor, at::Tensor>;
-// (grad_edge_vectors [E, 3], grad_charges [N], grad_polarizabilities [N], grad_c6 [N])
-using LongRangeGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+// (grad_positions [N, 3], grad_box [3, 3] (undefined unless asked), grad_charges [N],
+//  grad_polarizabilities [N], grad_c6 [N])
+using LongRangeGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 }  // namespace viskrates

@@ -10,6 +10,8 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include <optional>
+
 #include "long_range.h"
 
 namespace viskrates {
@@ -19,25 +21,31 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 using T = const at::Tensor&;
 
+using OptT = const std::optional<at::Tensor>&;
+
 class LongRangeFunction : public torch::autograd::Function<LongRangeFunction> {
  public:
-  static variable_list forward(AutogradContext* ctx, T edge_vectors, T row_ptr, T senders, T charges,
-                               T polarizabilities, T c6, double cutoff, double coulomb_constant, double sigma,
-                               double coulomb_switch_on, double dispersion_switch_on, double dispersion_scale) {
+  static variable_list forward(AutogradContext* ctx, T positions, OptT box, T row_ptr, T senders, T shifts,
+                               T charges, T polarizabilities, T c6, double cutoff, double coulomb_constant,
+                               double sigma, double coulomb_switch_on, double dispersion_switch_on,
+                               double dispersion_scale) {
     static const auto op = c10::Dispatcher::singleton()
                                .findSchemaOrThrow("viskrates::long_range_energy", "")
-                               .typed<LongRangeOutputs(T, T, T, T, T, T, double, double, double, double, double,
-                                                       double)>();
+                               .typed<LongRangeOutputs(T, OptT, T, T, T, T, T, T, double, double, double, double,
+                                                       double, double)>();
     at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->save_for_backward({edge_vectors, row_ptr, senders, charges, polarizabilities, c6});
+    const bool periodic = box.has_value() && box->defined();
+    ctx->save_for_backward({positions, periodic ? *box : at::Tensor(), row_ptr, senders, shifts, charges,
+                            polarizabilities, c6});
+    ctx->saved_data["periodic"] = periodic;
     ctx->saved_data["cutoff"] = cutoff;
     ctx->saved_data["coulomb_constant"] = coulomb_constant;
     ctx->saved_data["sigma"] = sigma;
     ctx->saved_data["coulomb_switch_on"] = coulomb_switch_on;
     ctx->saved_data["dispersion_switch_on"] = dispersion_switch_on;
     ctx->saved_data["dispersion_scale"] = dispersion_scale;
-    auto [coulomb, dispersion] = op.call(edge_vectors, row_ptr, senders, charges, polarizabilities, c6, cutoff,
-                                         coulomb_constant, sigma, coulomb_switch_on, dispersion_switch_on,
+    auto [coulomb, dispersion] = op.call(positions, box, row_ptr, senders, shifts, charges, polarizabilities, c6,
+                                         cutoff, coulomb_constant, sigma, coulomb_switch_on, dispersion_switch_on,
                                          dispersion_scale);
     return {coulomb, dispersion};
   }
@@ -48,28 +56,33 @@ class LongRangeFunction : public torch::autograd::Function<LongRangeFunction> {
                 "kernel; use the reference backend (SO3LR(..., backend='reference')) to train on forces");
     static const auto op = c10::Dispatcher::singleton()
                                .findSchemaOrThrow("viskrates::long_range_energy_backward", "")
-                               .typed<LongRangeGrads(T, T, T, T, T, T, T, T, double, double, double, double, double,
-                                                     double)>();
+                               .typed<LongRangeGrads(T, T, T, OptT, T, T, T, T, T, T, double, double, double, double,
+                                                     double, double, bool)>();
     const variable_list s = ctx->get_saved_variables();
+    const bool periodic = ctx->saved_data["periodic"].toBool();
+    const std::optional<at::Tensor> box = periodic ? std::optional<at::Tensor>(s[1]) : std::nullopt;
     // an output that does not reach the loss comes back undefined: its gradient is zero
-    const at::Tensor g_coulomb = grad_outputs[0].defined() ? grad_outputs[0] : at::zeros_like(s[3]);
-    const at::Tensor g_dispersion = grad_outputs[1].defined() ? grad_outputs[1] : at::zeros_like(s[3]);
-    auto [gv, gq, galpha, gc6] =
-        op.call(g_coulomb, g_dispersion, s[0], s[1], s[2], s[3], s[4], s[5], ctx->saved_data["cutoff"].toDouble(),
-                ctx->saved_data["coulomb_constant"].toDouble(), ctx->saved_data["sigma"].toDouble(),
-                ctx->saved_data["coulomb_switch_on"].toDouble(), ctx->saved_data["dispersion_switch_on"].toDouble(),
-                ctx->saved_data["dispersion_scale"].toDouble());
+    const at::Tensor g_coulomb = grad_outputs[0].defined() ? grad_outputs[0] : at::zeros_like(s[5]);
+    const at::Tensor g_dispersion = grad_outputs[1].defined() ? grad_outputs[1] : at::zeros_like(s[5]);
+    // needs_input_grad counts the tensor inputs: positions, box, row_ptr, senders, shifts, charges, ...
+    const bool box_grad = periodic && ctx->needs_input_grad(1);
+    auto [gr, gbox, gq, galpha, gc6] =
+        op.call(g_coulomb, g_dispersion, s[0], box, s[2], s[3], s[4], s[5], s[6], s[7],
+                ctx->saved_data["cutoff"].toDouble(), ctx->saved_data["coulomb_constant"].toDouble(),
+                ctx->saved_data["sigma"].toDouble(), ctx->saved_data["coulomb_switch_on"].toDouble(),
+                ctx->saved_data["dispersion_switch_on"].toDouble(), ctx->saved_data["dispersion_scale"].toDouble(),
+                box_grad);
     const at::Tensor none;
-    // inputs: edge_vectors, row_ptr, senders, charges, polarizabilities, c6, then six scalars
-    return {gv, none, none, gq, galpha, gc6, none, none, none, none, none, none};
+    // inputs: positions, box, row_ptr, senders, shifts, charges, polarizabilities, c6, then six scalars
+    return {gr, gbox, none, none, none, gq, galpha, gc6, none, none, none, none, none, none};
   }
 };
 
-LongRangeOutputs long_range_autograd(T edge_vectors, T row_ptr, T senders, T charges, T polarizabilities, T c6,
-                                     double cutoff, double coulomb_constant, double sigma, double coulomb_switch_on,
-                                     double dispersion_switch_on, double dispersion_scale) {
+LongRangeOutputs long_range_autograd(T positions, OptT box, T row_ptr, T senders, T shifts, T charges,
+                                     T polarizabilities, T c6, double cutoff, double coulomb_constant, double sigma,
+                                     double coulomb_switch_on, double dispersion_switch_on, double dispersion_scale) {
   const variable_list out =
-      LongRangeFunction::apply(edge_vectors, row_ptr, senders, charges, polarizabilities, c6, cutoff,
+      LongRangeFunction::apply(positions, box, row_ptr, senders, shifts, charges, polarizabilities, c6, cutoff,
                                coulomb_constant, sigma, coulomb_switch_on, dispersion_switch_on, dispersion_scale);
   return {out[0], out[1]};
 }

@@ -10,10 +10,11 @@
 //   dispersion  e_ij = −Eh·[C6/(ρ⁶+p⁶) + C8/(ρ⁸+p⁸) + C10/(ρ¹⁰+p¹⁰)]·S(d; r_c − damping, r_c), ρ = d/bohr,
 //               vdW-QDO (Khabibrakhmanov, Fedorov, Tkatchenko, J. Chem. Theory Comput. 19, 7895 (2023)) with
 //               C6, C8, C10 and p from the per-atom polarisabilities α and C6 coefficients (FORMULAS §9).
-// The pair energy is assigned to its first atom i (the official per-atom split, FORMULAS §10). The list must
-// hold every pair in both directions with opposite vectors (neighbor_list does): the forward uses the edges
-// i→j with j > i, the backward also the reverse ones, so that every atom's gradient is a sum over its own
-// edges (one writer per output element, no atomics, deterministic).
+// The pair energy is assigned to its first atom i (the official per-atom split, FORMULAS §10). Edge vectors
+// v = R_j − R_i + shift·box are formed from the positions, as viskrates::neighbor_list forms them, so the two
+// edges of a pair have exactly opposite vectors. The list must hold every pair in both directions (as
+// neighbor_list returns it): the forward uses the edges i→j with j > i, the backward all edges, so that every
+// atom's gradient is a sum over its own edges (one writer per output element, no atomics, deterministic).
 #pragma once
 
 #include <cmath>
@@ -34,9 +35,11 @@ constexpr double kDampingLength = 2.0 * 2.54;
 
 template <typename T>
 struct Params {
-  const T* edge_vectors;     // [E, 3] R_j − R_i (+ shift), Å
+  const T* positions;        // [N, 3] Å
+  const T* box;              // [3, 3] rows are box vectors (Å), or nullptr (open boundaries)
   const int64_t* row_ptr;    // [N+1]
   const int64_t* senders;    // [E]
+  const T* shifts;           // [E, 3] integer multiples of the box vectors (unused without a box)
   const T* charges;          // [N] q, e
   const T* polarizabilities; // [N] α, bohr³
   const T* c6;               // [N] C6, Eh·bohr⁶
@@ -87,41 +90,28 @@ VISKRATES_HD T lr_pow(T x, T y) {
 #endif
 }
 
-// exp(−1/t) for t > 0, else 0, and its derivative exp(−1/t)/t².
-template <typename T>
-VISKRATES_HD void exp_inverse(T t, T* value, T* derivative) {
-  if (t > T(0)) {
-    const T inv = T(1) / t;
-    *value = lr_exp(-inv);
-    *derivative = *value * inv * inv;
-  } else {
-    *value = T(0);
-    *derivative = T(0);
-  }
-}
-
-// The C∞ switch S(d; x_on, x_off) = σ(1−c)/(σ(1−c) + σ(c)), c = (d − x_on)/(x_off − x_on), and dS/dd.
+// The C∞ switch S(d; x_on, x_off) = σ(1−c)/(σ(1−c) + σ(c)), σ(t) = exp(−1/t) (0 for t ≤ 0),
+// c = (d − x_on)/(x_off − x_on), and dS/dd. Inside the switching region it is evaluated with one exponential
+// as S = 1/(1 + exp(z)), z = 1/(1−c) − 1/c, so dS/dc = −S(1−S)·(1/(1−c)² + 1/c²).
 template <typename T>
 VISKRATES_HD void smooth_switch(T d, T x_on, T x_off, T* s, T* ds) {
-  if (d <= x_on) {
+  const T width = x_off - x_on;
+  const T c = (d - x_on) / width;
+  // tested on c, not d: rounding may put c on a boundary for d just inside
+  if (c <= T(0)) {
     *s = T(1);
     *ds = T(0);
     return;
   }
-  if (d >= x_off) {
+  if (c >= T(1)) {
     *s = T(0);
     *ds = T(0);
     return;
   }
-  const T width = x_off - x_on;
-  const T c = (d - x_on) / width;
-  T off, doff, on, don;
-  exp_inverse(T(1) - c, &off, &doff);
-  exp_inverse(c, &on, &don);
-  const T sum = off + on;
-  *s = off / sum;
-  // d/dc [σ(1−c)/(σ(1−c) + σ(c))] = −(σ'(1−c)·σ(c) + σ(1−c)·σ'(c)) / (σ(1−c) + σ(c))²
-  *ds = -(doff * on + off * don) / (sum * sum * width);
+  const T a = T(1) / (T(1) - c), b = T(1) / c;
+  const T value = T(1) / (T(1) + lr_exp(a - b));
+  *s = value;
+  *ds = -value * (T(1) - value) * (a * a + b * b) / width;
 }
 
 // Coulomb pair kernel k(d) = V(d) − V(r_c) − (1 − f)·V'(r_c)·(d − r_c) and dk/dd (d < r_c).
@@ -188,10 +178,14 @@ VISKRATES_HD T dispersion_pair(const Params<T>& p, T alpha_a, T alpha_b, T c6_a,
   return e0 * s;
 }
 
-// Distance of edge e and the edge's vector.
+// Vector v = R_j − R_i + shift·box of edge e from receiver i to sender j, and its length.
 template <typename T>
-VISKRATES_HD T edge_length(const Params<T>& p, int64_t e) {
-  const T* v = p.edge_vectors + 3 * e;
+VISKRATES_HD T edge_vector(const Params<T>& p, int64_t i, int64_t j, int64_t e, T* v) {
+  for (int a = 0; a < 3; ++a) v[a] = p.positions[3 * j + a] - p.positions[3 * i + a];
+  if (p.box != nullptr) {
+    const T* s = p.shifts + 3 * e;
+    for (int a = 0; a < 3; ++a) v[a] = v[a] + (s[0] * p.box[a] + s[1] * p.box[3 + a] + s[2] * p.box[6 + a]);
+  }
   return lr_sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]);
 }
 
@@ -204,7 +198,8 @@ VISKRATES_HD void long_range_atom(const Params<T>& p, int64_t i, T* coulomb_ener
   for (int64_t e = p.row_ptr[i]; e < p.row_ptr[i + 1]; ++e) {
     const int64_t j = p.senders[e];
     if (j <= i) continue;
-    const T d = edge_length(p, e);
+    T v[3];
+    const T d = edge_vector(p, i, j, e, v);
     if (!(d < p.cutoff)) continue;
     T k, dk;
     coulomb_kernel(p, d, &k, &dk);
@@ -216,23 +211,23 @@ VISKRATES_HD void long_range_atom(const Params<T>& p, int64_t i, T* coulomb_ener
   dispersion_energies[i] = dispersion;
 }
 
-// Backward of receiver i from the upstream gradients g_c, g_d [N] of the per-atom energies: dL/dv of its
-// edges i→j with j > i (the pair's energy is atom i's; the reverse edges get 0), and dL/dq_i, dL/dα_i,
-// dL/dC6_i summed over all its pairs, each weighted by the gradient of the atom that owns the pair.
+// Backward of receiver i from the upstream gradients g_c, g_d [N] of the per-atom energies: dL/dR_i,
+// dL/dq_i, dL/dα_i and dL/dC6_i summed over all its pairs, each pair weighted by the gradient of the atom
+// that owns its energy, and (box_partial non-null) atom i's share of dL/dbox [3, 3] from the pairs it owns.
 template <typename T>
 VISKRATES_HD void long_range_atom_backward(const Params<T>& p, int64_t i, const T* g_coulomb, const T* g_dispersion,
-                                           T* grad_edge_vectors, T* grad_charges, T* grad_polarizabilities,
-                                           T* grad_c6) {
+                                           T* grad_positions, T* grad_charges, T* grad_polarizabilities, T* grad_c6,
+                                           T* box_partial) {
   T gq = T(0), galpha = T(0), gc6 = T(0);
+  T gr[3] = {T(0), T(0), T(0)};
+  T gbox[9] = {T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0)};
   const T q_i = p.charges[i], alpha_i = p.polarizabilities[i], c6_i = p.c6[i];
   for (int64_t e = p.row_ptr[i]; e < p.row_ptr[i + 1]; ++e) {
     const int64_t j = p.senders[e];
-    T* gv = grad_edge_vectors + 3 * e;
-    const T d = edge_length(p, e);
-    if (j == i || !(d < p.cutoff)) {
-      gv[0] = gv[1] = gv[2] = T(0);
-      continue;
-    }
+    if (j == i) continue;
+    T v[3];
+    const T d = edge_vector(p, i, j, e, v);
+    if (!(d < p.cutoff)) continue;
     const int64_t owner = j > i ? i : j;
     const T w_coulomb = g_coulomb[owner] * p.coulomb_constant, w_dispersion = g_dispersion[owner];
     T k, dk, de_dd, de_dalpha, de_dc6;
@@ -242,17 +237,22 @@ VISKRATES_HD void long_range_atom_backward(const Params<T>& p, int64_t i, const 
     gq += w_coulomb * q_j * k;
     galpha += w_dispersion * de_dalpha;
     gc6 += w_dispersion * de_dc6;
-    if (j > i) {
-      const T* v = p.edge_vectors + 3 * e;
-      const T g = (w_coulomb * q_i * q_j * dk + w_dispersion * de_dd) / d;
-      for (int a = 0; a < 3; ++a) gv[a] = g * v[a];
-    } else {
-      gv[0] = gv[1] = gv[2] = T(0);
+    // dL/dd·v/d; d depends on R_i through v = R_j − R_i + shift·box
+    const T g = (w_coulomb * q_i * q_j * dk + w_dispersion * de_dd) / d;
+    for (int a = 0; a < 3; ++a) gr[a] -= g * v[a];
+    if (box_partial != nullptr && j > i) {
+      const T* s = p.shifts + 3 * e;
+      for (int a = 0; a < 3; ++a)
+        for (int b = 0; b < 3; ++b) gbox[3 * a + b] += s[a] * g * v[b];
     }
   }
+  for (int a = 0; a < 3; ++a) grad_positions[3 * i + a] = gr[a];
   grad_charges[i] = gq;
   grad_polarizabilities[i] = galpha;
   grad_c6[i] = gc6;
+  if (box_partial != nullptr) {
+    for (int a = 0; a < 9; ++a) box_partial[9 * i + a] = gbox[a];
+  }
 }
 
 }  // namespace lr

@@ -17,12 +17,14 @@ template <typename T>
 cudaError_t launch_long_range_energy(const lr::Params<T>& p, int64_t num_atoms, T* coulomb_energies,
                                      T* dispersion_energies, cudaStream_t stream);
 
-// grad_edge_vectors [E, 3], grad_charges, grad_polarizabilities, grad_c6 [N] from the upstream gradients
-// g_coulomb, g_dispersion [N]; one thread per receiver (each output has one writer: deterministic).
+// grad_positions [N, 3], grad_charges, grad_polarizabilities, grad_c6 [N] and, when box_partials [N, 3, 3] is
+// non-null, each atom's share of the box gradient, from the upstream gradients g_coulomb, g_dispersion [N];
+// one thread per receiver (each output has one writer: deterministic).
 template <typename T>
 cudaError_t launch_long_range_energy_backward(const lr::Params<T>& p, int64_t num_atoms, const T* g_coulomb,
-                                              const T* g_dispersion, T* grad_edge_vectors, T* grad_charges,
-                                              T* grad_polarizabilities, T* grad_c6, cudaStream_t stream);
+                                              const T* g_dispersion, T* grad_positions, T* grad_charges,
+                                              T* grad_polarizabilities, T* grad_c6, T* box_partials,
+                                              cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace viskrates

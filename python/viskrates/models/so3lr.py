@@ -280,10 +280,12 @@ class SO3LR(nn.Module):
         if self.network.backend == "fused" and lr is not None:
             # One pass per atom over the long-range neighbour list (viskrates::long_range_energy): no per-pair
             # tensors and a C++ backward, instead of ~30 elementwise ops on millions of pairs.
-            row_ptr, _, senders_lr, _, vectors_lr = neighbor_list(positions, lr, box, batch)
+            # The op forms the edge vectors from the positions and differentiates them itself.
+            row_ptr, _, senders_lr, shifts_lr, _ = neighbor_list(positions.detach(), lr, box, batch)
             alpha, c6 = self.dispersion.atomic_parameters(atomic_numbers, hirshfeld)
             atom_elec, atom_disp = long_range_energy(
-                vectors_lr, row_ptr, senders_lr, charges, alpha, c6, lr, self.electrostatics.coulomb_constant,
+                positions, box, row_ptr, senders_lr, shifts_lr, charges, alpha, c6, lr,
+                self.electrostatics.coulomb_constant,
                 self.electrostatics.sigma, self.electrostatics.switch_on, self.dispersion.switch_on,
                 self.dispersion.scale)
             energy_elec = sum_per_structure(atom_elec, graph, num_graphs)
