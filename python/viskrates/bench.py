@@ -55,12 +55,12 @@ COLUMNS = ("model", "backend", "atoms", "cutoff", "ms/step", "median ms", "cpu m
 
 
 # Peak resident memory of one case as base (GiB) + slope (MiB per atom), float32 (float64: slope doubled),
-# fitted to the peak RSS this benchmark measured on 2-core AMD EPYC runs (README "Performance"): the
+# fitted to the peak RSS this benchmark measured on 2-core AMD EPYC runs (282 to 10,212 atoms): the
 # reference paths keep every edge intermediate for autograd, so they grow fastest; ViSNet's reference path
 # would need ~50 GiB at 10,000 atoms.
 MEMORY_MODEL = {
     ("so3lr", "reference"): (0.6, 1.0),
-    ("so3lr", "fused"): (0.5, 0.45),
+    ("so3lr", "fused"): (0.6, 0.25),
     ("visnet", "reference"): (1.0, 5.2),
     ("visnet", "fused"): (0.6, 2.0),
 }
