@@ -179,3 +179,25 @@ def test_bench_skips_cases_above_the_memory_limit():
     assert all(r["memory_estimate_gib"] > 0.1 for r in results)
     text = out.getvalue()
     assert "so3lr reference" in text and "skipped: estimated peak memory" in text and "exceeds the 0.1 GiB" in text
+
+
+def test_so3lr_fused_uses_the_op_unless_electrostatics_is_replaced():
+    """SO3LR(backend='fused') runs viskrates::long_range_energy; with its electrostatics module replaced (as the
+    PME hand-off does) it takes the generic path, which still scripts and evaluates the replacement."""
+    from viskrates.models import SO3LR
+    from viskrates.openmm.pme import SwitchedErfCoulomb
+
+    assert "long_range_energy" in torch.jit.script(SO3LR(lr_cutoff=6.0, backend="fused")).code
+    model = SO3LR(lr_cutoff=6.0, backend="fused").double()
+    model.electrostatics = SwitchedErfCoulomb(6.0, 5.0)
+    scripted = torch.jit.script(model)
+    assert "long_range_energy" not in scripted.code
+    z = torch.tensor([8, 1, 1, 8, 1, 1])
+    r = torch.tensor([[0.0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0], [3.0, 0.2, 0.1], [3.9, 0.3, 0], [2.8, 1.1, 0]],
+                     dtype=torch.float64)
+    graph = torch.zeros(6, dtype=torch.long)
+    out = scripted(z, r)
+    pairs = torch.triu_indices(6, 6, 1)
+    distances = torch.linalg.vector_norm(r[pairs[1]] - r[pairs[0]], dim=-1)
+    want = model.electrostatics(out["partial_charges"], distances, pairs[0], pairs[1], graph[pairs[0]], 1)
+    torch.testing.assert_close(out["energy_elec"], want, rtol=1e-12, atol=1e-12)

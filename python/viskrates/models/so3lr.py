@@ -277,7 +277,10 @@ class SO3LR(nn.Module):
                               num_graphs)
 
         lr = self.lr_cutoff
-        if self.network.backend == "fused" and lr is not None:
+        # The op implements Electrostatics' shifted-force kernel only: a model whose electrostatics module was
+        # replaced (the PME hand-off of viskrates.openmm.pme) takes the generic path. hasattr is resolved when
+        # the model is scripted, so the branch is then not compiled at all.
+        if hasattr(self.electrostatics, "shift_slope") and self.network.backend == "fused" and lr is not None:
             # One pass per atom over the long-range neighbour list (viskrates::long_range_energy): no per-pair
             # tensors and a C++ backward, instead of ~30 elementwise ops on millions of pairs.
             # The op forms the edge vectors from the positions and differentiates them itself.
