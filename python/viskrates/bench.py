@@ -54,6 +54,40 @@ COLUMNS = ("model", "backend", "atoms", "cutoff", "ms/step", "median ms", "cpu m
            "step dMiB", "speed-up")
 
 
+# Peak resident memory of one case as base (GiB) + slope (MiB per atom), float32 (float64: slope doubled),
+# fitted to the peak RSS this benchmark measured on 2-core AMD EPYC runs (282 to 10,212 atoms): the
+# reference paths keep every edge intermediate for autograd, so they grow fastest; ViSNet's reference path
+# would need ~50 GiB at 10,000 atoms.
+MEMORY_MODEL = {
+    ("so3lr", "reference"): (0.6, 1.0),
+    ("so3lr", "fused"): (0.6, 0.25),
+    ("visnet", "reference"): (1.0, 5.2),
+    ("visnet", "fused"): (0.6, 2.0),
+}
+
+
+def estimate_memory_gib(model: str, backend: str, atoms: int, dtype: str = "float32") -> float:
+    """Estimated peak memory (GiB) of a case, from :data:`MEMORY_MODEL`; a planning number, not a bound.
+
+    Raises:
+        KeyError: a (model, backend) without a memory model.
+    """
+    base, mib_per_atom = MEMORY_MODEL[(model, backend)]
+    return base + atoms * mib_per_atom * (2.0 if dtype == "float64" else 1.0) / 1024.0
+
+
+def available_memory_gib() -> Optional[float]:
+    """``MemAvailable`` of /proc/meminfo in GiB (memory the kernel can give without swapping), or None."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        return None
+    return None
+
+
 def water_box(target_atoms: int):
     """Periodic cubic TIP3P water box of about ``target_atoms`` atoms, built with OpenMM's Modeller.
 
@@ -175,7 +209,7 @@ def format_table(results: Sequence[Dict]) -> List[str]:
     rows = [list(COLUMNS)]
     for r in results:
         if not r.get("available"):
-            status = "failed" if r.get("failed") else "not available"
+            status = "skipped" if r.get("skipped") else "failed" if r.get("failed") else "not available"
             rows.append([r["model"], r["backend"], str(r.get("atoms", "-")), "-", status, "-", "-", "-", "-", "-",
                          "-"])
             continue
@@ -247,7 +281,7 @@ def ptxas_report(arch: str = "sm_80") -> List[str]:
 
 def run_benchmark(models: Sequence[str] = MODELS, sizes: Sequence[int] = DEFAULT_SIZES,
                   backends: Sequence[str] = BACKENDS, threads: int = 1, repeats: int = 3, dtype: str = "float32",
-                  ptxas: bool = True, out=None) -> List[Dict]:
+                  ptxas: bool = True, out=None, memory_limit_gib: Optional[float] = None) -> List[Dict]:
     """Run every (model, size, backend) case in a subprocess and print the table (and the ptxas report).
 
     Args:
@@ -259,9 +293,13 @@ def run_benchmark(models: Sequence[str] = MODELS, sizes: Sequence[int] = DEFAULT
         dtype: "float32" or "float64".
         ptxas: print the ptxas resource usage of the CUDA kernels.
         out: text stream for the report (default: sys.stdout at call time).
+        memory_limit_gib: a case whose estimated peak memory (:func:`estimate_memory_gib`) exceeds this is
+            skipped, with the reason printed, instead of exhausting the machine's memory; default: the memory
+            available when the benchmark starts (:func:`available_memory_gib`; no limit if unknown).
 
     Returns:
-        The per-case result dicts.
+        The per-case result dicts (``memory_estimate_gib`` in each; ``skipped`` True with ``reason`` for a
+        skipped case).
 
     Raises:
         ValueError: unknown model or backend, empty selection, threads or repeats < 1, size < 1.
@@ -274,6 +312,7 @@ def run_benchmark(models: Sequence[str] = MODELS, sizes: Sequence[int] = DEFAULT
     if threads < 1 or repeats < 1:
         raise ValueError(f"threads and repeats must be >= 1, got {threads} and {repeats}")
     out = sys.stdout if out is None else out
+    limit = available_memory_gib() if memory_limit_gib is None else memory_limit_gib
     results = []
     print(f"viskrates bench: energy + forces per step, {dtype}, {threads} thread(s), best of {repeats} after 1 "
           f"warm-up step; periodic TIP3P water boxes (OpenMM Modeller); one subprocess per case", file=out)
@@ -284,15 +323,26 @@ def run_benchmark(models: Sequence[str] = MODELS, sizes: Sequence[int] = DEFAULT
             np.savez(path, numbers=numbers, positions=positions, box=box)
             for model in models:
                 for backend in backends:
-                    results.append(_run_case_subprocess(model, backend, path, threads, repeats, dtype))
+                    estimate = estimate_memory_gib(model, backend, len(numbers), dtype)
+                    if limit is not None and estimate > limit:
+                        results.append({"model": model, "backend": backend, "atoms": len(numbers),
+                                        "available": False, "skipped": True,
+                                        "reason": f"estimated peak memory {estimate:.1f} GiB exceeds the "
+                                                  f"{limit:.1f} GiB available (--memory-limit)"})
+                    else:
+                        results.append(_run_case_subprocess(model, backend, path, threads, repeats, dtype))
+                    results[-1]["memory_estimate_gib"] = estimate
                     if results[-1].get("atoms") is None:
                         results[-1]["atoms"] = len(numbers)
     for line in format_table(results):
         print(line, file=out)
     for r in results:
         if not r.get("available"):
-            status = "failed" if r.get("failed") else "not available"
+            status = "skipped" if r.get("skipped") else "failed" if r.get("failed") else "not available"
             print(f"{r['model']} {r['backend']} ({r['atoms']} atoms) {status}: {r['reason']}", file=out)
+    print("estimated peak memory (GiB, limit " + ("none" if limit is None else f"{limit:.1f}") + "): "
+          + ", ".join(f"{r['model']} {r['backend']} {r['atoms']}: {r['memory_estimate_gib']:.1f}" for r in results),
+          file=out)
     print("ms/step: best of the repeats (wall); cpu ms: process CPU time of that step; speed-up: reference ms / "
           "fused ms; peak RSS: ru_maxrss of the case's process; step dMiB: ru_maxrss minus the resident size "
           "before the first step", file=out)
@@ -314,6 +364,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="timed steps per case; with --openmm timed model calls (default: %(default)s)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="(default: %(default)s)")
     parser.add_argument("--no-ptxas", action="store_true", help="skip the ptxas resource report")
+    parser.add_argument("--memory-limit", type=float, default=None, metavar="GiB",
+                        help="skip cases whose estimated peak memory exceeds this (default: the available memory)")
     parser.add_argument("--openmm", action="store_true",
                         help="time MD steps inside OpenMM (TorchForce vs PythonForce) instead of the model alone")
     from . import bench_openmm
@@ -327,7 +379,8 @@ def run_from_arguments(args: argparse.Namespace) -> int:
     bench_openmm.check_arguments(args)
     if args.openmm:
         return bench_openmm.run_from_arguments(args)
-    run_benchmark(args.models, args.sizes, args.backends, args.threads, args.repeats, args.dtype, not args.no_ptxas)
+    run_benchmark(args.models, args.sizes, args.backends, args.threads, args.repeats, args.dtype, not args.no_ptxas,
+                  memory_limit_gib=args.memory_limit)
     return 0
 
 

@@ -613,14 +613,15 @@ def check_arguments(args: argparse.Namespace) -> None:
     """Refuse options of one benchmark given to the other (they would be ignored silently).
 
     Raises:
-        ValueError: with ``--openmm``, a non-default ``--models``, ``--sizes``, ``--backends`` or ``--no-ptxas``;
+        ValueError: with ``--openmm``, a non-default ``--models``, ``--sizes``, ``--backends``, ``--no-ptxas`` or
+            ``--memory-limit``;
             without it, a non-default option of :func:`add_arguments`.
     """
     from .bench import BACKENDS, DEFAULT_SIZES, MODELS
 
     if args.openmm:
         model_defaults = {"models": list(MODELS), "sizes": list(DEFAULT_SIZES), "backends": list(BACKENDS),
-                          "no_ptxas": False}
+                          "no_ptxas": False, "memory_limit": None}
         given = [name for name, default in model_defaults.items() if getattr(args, name) != default]
         if given:
             raise ValueError(f"--{', --'.join(g.replace('_', '-') for g in given)} belong(s) to the model benchmark, "

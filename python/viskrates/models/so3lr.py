@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..elements import ELEMENT_SYMBOLS, describe_element
-from ..ops import neighbor_list
+from ..ops import long_range_energy, neighbor_list
 from ..physics.dispersion import FREE_ATOM_REFERENCE, QDODispersion
 from ..physics.electrostatics import Electrostatics
 from ..physics.zbl import ZBLRepulsion, sum_per_structure
@@ -62,7 +62,9 @@ class SO3LR(nn.Module):
         backend: ``'reference'`` (default; pure PyTorch, differentiable twice, for training on forces) or
             ``'fused'`` (SO3krates filters once per pair and the fused ``viskrates::euclidean_attention``
             op with a C++ backward: same energies, forces and charges, several times faster; forces only,
-            double backward raises a RuntimeError). See :class:`~viskrates.models.so3krates.SO3krates`.
+            double backward raises a RuntimeError). See :class:`~viskrates.models.so3krates.SO3krates`. With a
+            finite lr_cutoff the fused backend also evaluates electrostatics and dispersion with the
+            ``viskrates::long_range_energy`` op (:func:`viskrates.ops.long_range_energy`).
 
     Attributes:
         cutoff: the largest neighbour-list cutoff used, ``max(4.5, lr_cutoff)`` Å (4.5 for lr_cutoff=None).
@@ -274,12 +276,30 @@ class SO3LR(nn.Module):
         energy_zbl = self.zbl(atomic_numbers, distances_sr, receivers, senders, graph.index_select(0, receivers),
                               num_graphs)
 
-        first, second, pair_vectors = self._long_range_pairs(positions, box, batch)
-        distances_lr = torch.linalg.vector_norm(pair_vectors, dim=-1)
-        pair_graph = graph.index_select(0, first)
-        energy_elec = self.electrostatics(charges, distances_lr, first, second, pair_graph, num_graphs)
-        energy_disp = self.dispersion(atomic_numbers, hirshfeld, distances_lr, first, second, pair_graph,
-                                      num_graphs)
+        lr = self.lr_cutoff
+        # The op implements Electrostatics' shifted-force kernel only: a model whose electrostatics module was
+        # replaced (the PME hand-off of viskrates.openmm.pme) takes the generic path. hasattr is resolved when
+        # the model is scripted, so the branch is then not compiled at all.
+        if hasattr(self.electrostatics, "shift_slope") and self.network.backend == "fused" and lr is not None:
+            # One pass per atom over the long-range neighbour list (viskrates::long_range_energy): no per-pair
+            # tensors and a C++ backward, instead of ~30 elementwise ops on millions of pairs.
+            # The op forms the edge vectors from the positions and differentiates them itself.
+            row_ptr, _, senders_lr, shifts_lr, _ = neighbor_list(positions.detach(), lr, box, batch)
+            alpha, c6 = self.dispersion.atomic_parameters(atomic_numbers, hirshfeld)
+            atom_elec, atom_disp = long_range_energy(
+                positions, box, row_ptr, senders_lr, shifts_lr, charges, alpha, c6, lr,
+                self.electrostatics.coulomb_constant,
+                self.electrostatics.sigma, self.electrostatics.switch_on, self.dispersion.switch_on,
+                self.dispersion.scale)
+            energy_elec = sum_per_structure(atom_elec, graph, num_graphs)
+            energy_disp = sum_per_structure(atom_disp, graph, num_graphs)
+        else:
+            first, second, pair_vectors = self._long_range_pairs(positions, box, batch)
+            distances_lr = torch.linalg.vector_norm(pair_vectors, dim=-1)
+            pair_graph = graph.index_select(0, first)
+            energy_elec = self.electrostatics(charges, distances_lr, first, second, pair_graph, num_graphs)
+            energy_disp = self.dispersion(atomic_numbers, hirshfeld, distances_lr, first, second, pair_graph,
+                                          num_graphs)
 
         dipole = torch.zeros(num_graphs, 3, dtype=dtype, device=device).index_add_(
             0, graph, charges.unsqueeze(-1) * positions)

@@ -79,28 +79,32 @@ class QDODispersion(nn.Module):
             table[1, z] = round(c60 * 100)
         self.register_buffer("free_atom_table", table, persistent=False)
 
-    def forward(self, atomic_numbers: Tensor, hirshfeld_ratios: Tensor, distances: Tensor, first: Tensor,
-                second: Tensor, pair_graph: Tensor, num_graphs: int) -> Tensor:
-        """Energy per structure.
+    def atomic_parameters(self, atomic_numbers: Tensor, hirshfeld_ratios: Tensor) -> Tuple[Tensor, Tensor]:
+        """Atom-in-molecule polarisabilities ``α_i = α⁰_Z h_i`` (bohr³) and ``C6_i = C6⁰_Z h_i²`` (Eh·bohr⁶).
 
         Args:
             atomic_numbers: [N] int64 (elements of ``FREE_ATOM_REFERENCE``).
             hirshfeld_ratios: [N] Hirshfeld-volume ratios h_i (dimensionless, > 0).
-            distances: [P] pair distances (Å), each unordered pair once, below a finite cutoff.
-            first, second: [P] int64 atom indices of the pairs.
-            pair_graph: [P] int64 structure index of every pair.
-            num_graphs: B.
 
         Returns:
-            [B] energies in eV, dtype of ``distances``.
+            ``(alpha [N], c6 [N])`` in the dtype of ``hirshfeld_ratios``.
         """
         free_atom = self.free_atom_table.index_select(1, atomic_numbers).to(hirshfeld_ratios.dtype)
         alpha = free_atom[0] / 10.0 * hirshfeld_ratios
         c6 = free_atom[1] / 100.0 * hirshfeld_ratios * hirshfeld_ratios
-        alpha_i = alpha.index_select(0, first)
-        alpha_j = alpha.index_select(0, second)
-        c6_i = c6.index_select(0, first)
-        c6_j = c6.index_select(0, second)
+        return alpha, c6
+
+    def pair_energies(self, alpha_i: Tensor, alpha_j: Tensor, c6_i: Tensor, c6_j: Tensor, distances: Tensor) -> Tensor:
+        """Dispersion energy of each pair (eV), switched off towards a finite cutoff.
+
+        Args:
+            alpha_i, alpha_j: [P] polarisabilities of the two atoms (bohr³), from :meth:`atomic_parameters`.
+            c6_i, c6_j: [P] their C6 coefficients (Eh·bohr⁶).
+            distances: [P] pair distances (Å).
+
+        Returns:
+            [P] energies in eV.
+        """
         alpha_ij = 0.5 * (alpha_i + alpha_j)
         c6_ij = 2.0 * c6_i * c6_j * alpha_i * alpha_j / (alpha_i * alpha_i * c6_j + alpha_j * alpha_j * c6_i)
         alpha_root = torch.pow(alpha_ij, 1.0 / 7.0)
@@ -118,4 +122,24 @@ class QDODispersion(nn.Module):
         rc = self.cutoff
         if rc is not None:
             pair = pair * smooth_switch(distances, self.switch_on, rc)
+        return pair
+
+    def forward(self, atomic_numbers: Tensor, hirshfeld_ratios: Tensor, distances: Tensor, first: Tensor,
+                second: Tensor, pair_graph: Tensor, num_graphs: int) -> Tensor:
+        """Energy per structure.
+
+        Args:
+            atomic_numbers: [N] int64 (elements of ``FREE_ATOM_REFERENCE``).
+            hirshfeld_ratios: [N] Hirshfeld-volume ratios h_i (dimensionless, > 0).
+            distances: [P] pair distances (Å), each unordered pair once, below a finite cutoff.
+            first, second: [P] int64 atom indices of the pairs.
+            pair_graph: [P] int64 structure index of every pair.
+            num_graphs: B.
+
+        Returns:
+            [B] energies in eV, dtype of ``distances``.
+        """
+        alpha, c6 = self.atomic_parameters(atomic_numbers, hirshfeld_ratios)
+        pair = self.pair_energies(alpha.index_select(0, first), alpha.index_select(0, second),
+                                  c6.index_select(0, first), c6.index_select(0, second), distances)
         return sum_per_structure(pair, pair_graph, num_graphs)

@@ -66,6 +66,19 @@ class Electrostatics(nn.Module):
         Returns:
             [B] energies in eV, dtype of ``distances``.
         """
+        pair = self.coulomb_constant * charges.index_select(0, first) * charges.index_select(0, second) \
+            * self.pair_kernel(distances)
+        return sum_per_structure(pair, pair_graph, num_graphs)
+
+    def pair_kernel(self, distances: Tensor) -> Tensor:
+        """The (shifted and switched, for a finite cutoff) kernel ``V(d)`` of each pair, in 1/Å.
+
+        Args:
+            distances: [P] pair distances (Å).
+
+        Returns:
+            [P] kernel values; the pair energy is ``ke·q_i·q_j·V(d)``.
+        """
         kernel = torch.erf(distances / self.sigma) / distances
         rc = self.cutoff
         if rc is not None:
@@ -73,5 +86,4 @@ class Electrostatics(nn.Module):
             shifted = kernel - self.shift
             shifted_force = shifted - self.shift_slope * (distances - rc)
             kernel = f * shifted + (1.0 - f) * shifted_force
-        pair = self.coulomb_constant * charges.index_select(0, first) * charges.index_select(0, second) * kernel
-        return sum_per_structure(pair, pair_graph, num_graphs)
+        return kernel

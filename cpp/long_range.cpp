@@ -1,0 +1,187 @@
+// viskrates::long_range_energy (SO3LR's Coulomb and vdW-QDO pair energies per atom): schema, input checks and
+// the CPU launcher (at::parallel_for over receivers; each output element has one writer and every sum runs
+// over one receiver's edges in list order, so results do not depend on the number of threads). Kernel body:
+// cpp/long_range_kernel.h. Contract and pure-PyTorch reference: python/viskrates/ops.py
+// (long_range_energy_reference).
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include "long_range.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/sum.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+namespace viskrates {
+
+LongRangeInputs check_long_range(const at::Tensor& positions, const std::optional<at::Tensor>& box,
+                                 const at::Tensor& row_ptr, const at::Tensor& senders, const at::Tensor& shifts,
+                                 const at::Tensor& charges, const at::Tensor& polarizabilities, const at::Tensor& c6,
+                                 double cutoff, double coulomb_constant, double sigma, double coulomb_switch_on,
+                                 double dispersion_switch_on, double dispersion_scale) {
+  const char* op = long_range_op_name();
+  TORCH_CHECK_VALUE(positions.is_floating_point() && positions.dim() == 2 && positions.size(1) == 3, op,
+                    ": positions must be a floating-point [N, 3] tensor, got ", positions.scalar_type(), " of shape ",
+                    positions.sizes());
+  LongRangeInputs in;
+  in.num_atoms = positions.size(0);
+  in.num_edges = senders.dim() == 1 ? senders.size(0) : -1;
+  TORCH_CHECK_VALUE(row_ptr.dim() == 1 && row_ptr.scalar_type() == at::kLong && row_ptr.size(0) == in.num_atoms + 1,
+                    op, ": row_ptr must be an int64 [N+1] tensor with N = ", in.num_atoms, " (positions), got ",
+                    row_ptr.scalar_type(), " of shape ", row_ptr.sizes());
+  TORCH_CHECK_VALUE(senders.dim() == 1 && senders.scalar_type() == at::kLong, op,
+                    ": senders must be an int64 [E] tensor, got ", senders.scalar_type(), " of shape ",
+                    senders.sizes());
+  const at::Tensor* index[] = {&row_ptr, &senders};
+  const char* index_names[] = {"row_ptr", "senders"};
+  for (int k = 0; k < 2; ++k) {
+    TORCH_CHECK_VALUE(index[k]->device() == positions.device(), op, ": ", index_names[k], " is on ",
+                      index[k]->device(), " but positions on ", positions.device());
+  }
+  const bool periodic = box.has_value() && box->defined();
+  if (periodic) {
+    TORCH_CHECK_VALUE(box->dim() == 2 && box->size(0) == 3 && box->size(1) == 3, op,
+                      ": box must have shape [3, 3] (rows are box vectors), got ", box->sizes());
+    TORCH_CHECK_VALUE(shifts.dim() == 2 && shifts.size(0) == in.num_edges && shifts.size(1) == 3, op,
+                      ": shifts must be an [E, 3] tensor with E = ", in.num_edges, " (senders), got shape ",
+                      shifts.sizes());
+  }
+  const at::Tensor* floats[] = {&charges, &polarizabilities, &c6, periodic ? &*box : &positions,
+                                periodic ? &shifts : &positions};
+  const char* float_names[] = {"charges", "polarizabilities", "c6", "box", "shifts"};
+  for (int k = 0; k < 5; ++k) {
+    const at::Tensor& t = *floats[k];
+    TORCH_CHECK_VALUE(k >= 3 || (t.dim() == 1 && t.size(0) == in.num_atoms), op, ": ", float_names[k],
+                      " must be an [N] tensor with N = ", in.num_atoms, ", got shape ", t.sizes());
+    TORCH_CHECK_VALUE(t.scalar_type() == positions.scalar_type() && t.device() == positions.device(), op, ": ",
+                      float_names[k], " must have the dtype and device of positions (", positions.scalar_type(), ", ",
+                      positions.device(), "), got ", t.scalar_type(), ", ", t.device());
+  }
+  TORCH_CHECK_VALUE(std::isfinite(cutoff) && cutoff > 0.0, op, ": cutoff must be finite and > 0, got ", cutoff);
+  TORCH_CHECK_VALUE(std::isfinite(sigma) && sigma > 0.0, op, ": sigma must be finite and > 0, got ", sigma);
+  TORCH_CHECK_VALUE(std::isfinite(coulomb_constant), op, ": coulomb_constant must be finite, got ", coulomb_constant);
+  TORCH_CHECK_VALUE(coulomb_switch_on >= 0.0 && coulomb_switch_on < cutoff, op,
+                    ": coulomb_switch_on must lie in [0, cutoff) = [0, ", cutoff, "), got ", coulomb_switch_on);
+  TORCH_CHECK_VALUE(dispersion_switch_on >= 0.0 && dispersion_switch_on < cutoff, op,
+                    ": dispersion_switch_on must lie in [0, cutoff) = [0, ", cutoff, "), got ", dispersion_switch_on);
+  TORCH_CHECK_VALUE(std::isfinite(dispersion_scale) && dispersion_scale > 0.0, op,
+                    ": dispersion_scale must be finite and > 0, got ", dispersion_scale);
+  in.positions = positions.contiguous();
+  if (periodic) in.box = box->contiguous();
+  in.row_ptr = row_ptr.contiguous();
+  in.senders = senders.contiguous();
+  // read only with a box; without one the kernel never touches them
+  in.shifts = periodic ? shifts.contiguous() : shifts;
+  in.charges = charges.contiguous();
+  in.polarizabilities = polarizabilities.contiguous();
+  in.c6 = c6.contiguous();
+  in.cutoff = cutoff;
+  in.coulomb_constant = coulomb_constant;
+  in.sigma = sigma;
+  in.coulomb_switch_on = coulomb_switch_on;
+  in.dispersion_switch_on = dispersion_switch_on;
+  in.dispersion_scale = dispersion_scale;
+  // V(r_c) and V'(r_c) of V(r) = erf(r/σ)/r, in double as in viskrates/physics/electrostatics.py
+  const double x = cutoff / sigma;
+  in.coulomb_shift = std::erf(x) / cutoff;
+  in.coulomb_slope = (2.0 * cutoff * std::exp(-x * x) / (std::sqrt(M_PI) * sigma) - std::erf(x)) / (cutoff * cutoff);
+  in.vdw_radius_factor = std::pow(lr::kFineStructure, -4.0 / 21.0);
+  return in;
+}
+
+at::Tensor check_long_range_grad(const char* name, const at::Tensor& grad, const LongRangeInputs& in) {
+  TORCH_CHECK_VALUE(grad.dim() == 1 && grad.size(0) == in.num_atoms, "viskrates::long_range_energy_backward: ", name,
+                    " has shape ", grad.sizes(), ", expected [", in.num_atoms, "]");
+  TORCH_CHECK_VALUE(grad.scalar_type() == in.positions.scalar_type() && grad.device() == in.positions.device(),
+                    "viskrates::long_range_energy_backward: ", name, " must have the dtype and device of positions");
+  return grad.contiguous();
+}
+
+namespace {
+
+// Receivers per task: each has hundreds of long-range edges.
+constexpr int64_t kGrain = 8;
+
+LongRangeOutputs long_range_cpu(const at::Tensor& positions, const std::optional<at::Tensor>& box,
+                                const at::Tensor& row_ptr, const at::Tensor& senders, const at::Tensor& shifts,
+                                const at::Tensor& charges, const at::Tensor& polarizabilities, const at::Tensor& c6,
+                                double cutoff, double coulomb_constant, double sigma, double coulomb_switch_on,
+                                double dispersion_switch_on, double dispersion_scale) {
+  const LongRangeInputs in = check_long_range(positions, box, row_ptr, senders, shifts, charges, polarizabilities, c6,
+                                              cutoff, coulomb_constant, sigma, coulomb_switch_on,
+                                              dispersion_switch_on, dispersion_scale);
+  at::Tensor coulomb = at::empty({in.num_atoms}, in.positions.options());
+  at::Tensor dispersion = at::empty({in.num_atoms}, in.positions.options());
+  AT_DISPATCH_FLOATING_TYPES(in.positions.scalar_type(), "long_range_energy_cpu", [&] {
+    const lr::Params<scalar_t> p = long_range_params<scalar_t>(in);
+    scalar_t* ec = coulomb.data_ptr<scalar_t>();
+    scalar_t* ed = dispersion.data_ptr<scalar_t>();
+    at::parallel_for(0, in.num_atoms, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) lr::long_range_atom(p, i, ec, ed);
+    });
+  });
+  return {coulomb, dispersion};
+}
+
+LongRangeGrads long_range_backward_cpu(const at::Tensor& grad_coulomb, const at::Tensor& grad_dispersion,
+                                       const at::Tensor& positions, const std::optional<at::Tensor>& box,
+                                       const at::Tensor& row_ptr, const at::Tensor& senders, const at::Tensor& shifts,
+                                       const at::Tensor& charges, const at::Tensor& polarizabilities,
+                                       const at::Tensor& c6, double cutoff, double coulomb_constant, double sigma,
+                                       double coulomb_switch_on, double dispersion_switch_on, double dispersion_scale,
+                                       bool box_grad) {
+  const LongRangeInputs in = check_long_range(positions, box, row_ptr, senders, shifts, charges, polarizabilities, c6,
+                                              cutoff, coulomb_constant, sigma, coulomb_switch_on,
+                                              dispersion_switch_on, dispersion_scale);
+  const at::Tensor gc = check_long_range_grad("grad_coulomb", grad_coulomb, in);
+  const at::Tensor gd = check_long_range_grad("grad_dispersion", grad_dispersion, in);
+  const bool with_box = box_grad && in.box.defined();
+  at::Tensor grad_positions = at::empty({in.num_atoms, 3}, in.positions.options());
+  at::Tensor grad_charges = at::empty({in.num_atoms}, in.positions.options());
+  at::Tensor grad_polarizabilities = at::empty({in.num_atoms}, in.positions.options());
+  at::Tensor grad_c6 = at::empty({in.num_atoms}, in.positions.options());
+  at::Tensor box_partials = with_box ? at::empty({in.num_atoms, 3, 3}, in.positions.options()) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(in.positions.scalar_type(), "long_range_energy_backward_cpu", [&] {
+    const lr::Params<scalar_t> p = long_range_params<scalar_t>(in);
+    const scalar_t* gcp = gc.data_ptr<scalar_t>();
+    const scalar_t* gdp = gd.data_ptr<scalar_t>();
+    scalar_t* gr = grad_positions.data_ptr<scalar_t>();
+    scalar_t* gq = grad_charges.data_ptr<scalar_t>();
+    scalar_t* ga = grad_polarizabilities.data_ptr<scalar_t>();
+    scalar_t* g6 = grad_c6.data_ptr<scalar_t>();
+    scalar_t* gb = with_box ? box_partials.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, in.num_atoms, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) lr::long_range_atom_backward(p, i, gcp, gdp, gr, gq, ga, g6, gb);
+    });
+  });
+  // the per-atom shares of the box gradient are summed in atom order by one reduction
+  at::Tensor grad_box = with_box ? box_partials.sum(0) : at::Tensor();
+  return {grad_positions, grad_box, grad_charges, grad_polarizabilities, grad_c6};
+}
+
+}  // namespace
+
+// Schemas (a fragment of the viskrates library defined in cpp/ops.cpp). long_range_energy_backward is the
+// gradient the autograd wrapper (cpp/long_range_autograd.cpp) calls; it is not differentiable.
+TORCH_LIBRARY_FRAGMENT(viskrates, m) {
+  m.def(
+      "long_range_energy(Tensor positions, Tensor? box, Tensor row_ptr, Tensor senders, Tensor shifts, Tensor charges, "
+      "Tensor polarizabilities, Tensor c6, float cutoff, float coulomb_constant, float sigma, "
+      "float coulomb_switch_on, float dispersion_switch_on, float dispersion_scale) -> "
+      "(Tensor coulomb_energies, Tensor dispersion_energies)");
+  m.def(
+      "long_range_energy_backward(Tensor grad_coulomb, Tensor grad_dispersion, Tensor positions, Tensor? box, "
+      "Tensor row_ptr, Tensor senders, Tensor shifts, Tensor charges, Tensor polarizabilities, Tensor c6, "
+      "float cutoff, float coulomb_constant, float sigma, float coulomb_switch_on, float dispersion_switch_on, "
+      "float dispersion_scale, bool box_grad) -> (Tensor grad_positions, Tensor grad_box, Tensor grad_charges, "
+      "Tensor grad_polarizabilities, Tensor grad_c6)");
+}
+
+TORCH_LIBRARY_IMPL(viskrates, CPU, m) {
+  m.impl("long_range_energy", &long_range_cpu);
+  m.impl("long_range_energy_backward", &long_range_backward_cpu);
+}
+
+}  // namespace viskrates

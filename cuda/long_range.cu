@@ -1,0 +1,66 @@
+// CUDA launchers of viskrates::long_range_energy, running the kernel body of cpp/long_range_kernel.h (the
+// functions the CPU launcher runs): one thread per receiver, which sums over its own edges in list order, so
+// the results are deterministic and need no atomics.
+#include <cuda_runtime.h>
+
+#include "long_range_cuda.h"
+
+namespace viskrates {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 128;
+
+inline unsigned int thread_blocks(int64_t threads) {
+  return static_cast<unsigned int>((threads + kThreads - 1) / kThreads);
+}
+
+template <typename T>
+__global__ void long_range_energy_kernel(const lr::Params<T> p, int64_t num_atoms, T* coulomb_energies,
+                                         T* dispersion_energies) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= num_atoms) return;
+  lr::long_range_atom(p, i, coulomb_energies, dispersion_energies);
+}
+
+template <typename T>
+__global__ void long_range_energy_backward_kernel(const lr::Params<T> p, int64_t num_atoms, const T* g_coulomb,
+                                                  const T* g_dispersion, T* grad_positions, T* grad_charges,
+                                                  T* grad_polarizabilities, T* grad_c6, T* box_partials) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= num_atoms) return;
+  lr::long_range_atom_backward(p, i, g_coulomb, g_dispersion, grad_positions, grad_charges, grad_polarizabilities,
+                               grad_c6, box_partials);
+}
+
+}  // namespace
+
+template <typename T>
+cudaError_t launch_long_range_energy(const lr::Params<T>& p, int64_t num_atoms, T* coulomb_energies,
+                                     T* dispersion_energies, cudaStream_t stream) {
+  long_range_energy_kernel<T><<<thread_blocks(num_atoms), kThreads, 0, stream>>>(p, num_atoms, coulomb_energies,
+                                                                                 dispersion_energies);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_long_range_energy_backward(const lr::Params<T>& p, int64_t num_atoms, const T* g_coulomb,
+                                              const T* g_dispersion, T* grad_positions, T* grad_charges,
+                                              T* grad_polarizabilities, T* grad_c6, T* box_partials,
+                                              cudaStream_t stream) {
+  long_range_energy_backward_kernel<T><<<thread_blocks(num_atoms), kThreads, 0, stream>>>(
+      p, num_atoms, g_coulomb, g_dispersion, grad_positions, grad_charges, grad_polarizabilities, grad_c6,
+      box_partials);
+  return cudaGetLastError();
+}
+
+#define VISKRATES_INSTANTIATE_LONG_RANGE(T)                                                                        \
+  template cudaError_t launch_long_range_energy<T>(const lr::Params<T>&, int64_t, T*, T*, cudaStream_t);           \
+  template cudaError_t launch_long_range_energy_backward<T>(const lr::Params<T>&, int64_t, const T*, const T*, T*, \
+                                                            T*, T*, T*, T*, cudaStream_t);
+VISKRATES_INSTANTIATE_LONG_RANGE(float)
+VISKRATES_INSTANTIATE_LONG_RANGE(double)
+#undef VISKRATES_INSTANTIATE_LONG_RANGE
+
+}  // namespace cuda
+}  // namespace viskrates
