@@ -179,7 +179,7 @@ NeighborListSetup setup_neighbor_list(const at::Tensor& positions, const std::op
   const double* hi_h = st + 3 * num_molecules;
   const double* count_h = st + 6 * num_molecules;
   const double max_abs = st[7 * num_molecules];
-  const double cell_min = min_cell_width(cutoff, max_abs, positions.scalar_type());
+  const double cell_min = min_cell_width(cutoff, max_abs, positions.scalar_type()) / nl::kCellsPerCutoff;
 
   if (s.periodic) {
     const double* b = s.box;

@@ -6,8 +6,8 @@
 // C++ without torch so that nvcc compiles it quickly.
 //
 // Cell list: each molecule (open boundaries) or the periodic box gets a grid whose cells are at least
-// one cutoff wide perpendicular to each face, so every neighbour of an atom lies in the 3x3x3 block of
-// cells around its own cell. Grid coordinates are g = (r - origin) @ to_grid: for a periodic box
+// cutoff / kCellsPerCutoff wide perpendicular to each face, so every neighbour of an atom lies in the
+// block of (2·kCellsPerCutoff + 1)³ cells around its own cell. Grid coordinates are g = (r - origin) @ to_grid: for a periodic box
 // to_grid = box^-1 (g = fractional coordinates), for open boundaries it scales the molecule's bounding
 // box to the unit cube.
 #pragma once
@@ -71,16 +71,23 @@ VISKRATES_HD int64_t assign_cell(const scalar_t* r, const Grid& grid, bool perio
   return grid.first_cell + (static_cast<int64_t>(coords[0]) * grid.n[1] + coords[1]) * grid.n[2] + coords[2];
 }
 
+// Cells per cutoff along each axis. With one (cells a cutoff wide) a periodic box narrower than four
+// cutoffs has at most 3 cells per axis and every atom searches the whole box: O(N²) for SO3LR's 12 Å
+// long-range list up to ~10,000 atoms of water. Half-cutoff cells search 125 cells of (rc/2)³, i.e.
+// 15.6 rc³ instead of 27 rc³ at most, and only (5/7)³ of a 3.5-cutoff box.
+constexpr int kCellsPerCutoff = 2;
+
 // Neighbour cells of cell c along one axis with n cells: offsets first .. first+count-1 from c.
-// Periodic grids wrap; with fewer than 3 cells the wrapped offsets would repeat cells (and pairs), so
-// each cell is visited once. Open grids stop at the faces.
+// Periodic grids wrap; with fewer than 2·kCellsPerCutoff + 1 cells the wrapped offsets would repeat cells
+// (and pairs), so each cell is visited once. Open grids stop at the faces.
 VISKRATES_HD void neighbor_cell_range(int c, int n, bool periodic, int* first, int* count) {
+  const int reach = kCellsPerCutoff;
   if (periodic) {
-    *first = n >= 3 ? -1 : 0;
-    *count = n >= 3 ? 3 : n;
+    *first = n >= 2 * reach + 1 ? -reach : 0;
+    *count = n >= 2 * reach + 1 ? 2 * reach + 1 : n;
   } else {
-    const int lo = c > 0 ? c - 1 : 0;
-    const int hi = c + 1 < n ? c + 1 : n - 1;
+    const int lo = c > reach ? c - reach : 0;
+    const int hi = c + reach < n ? c + reach : n - 1;
     *first = lo - c;
     *count = hi - lo + 1;
   }
