@@ -47,7 +47,8 @@ FORCE_UNIT = EV_TO_KJ_PER_MOL * NM_TO_ANGSTROM
 
 def solvated_box(edge_nm: float, solute: str = None):
     """TIP3P water (Modeller.addSolvent, no ions) in a cubic box of ``edge_nm``, around ``solute`` (a
-    protonated PDB file, centred) if given. Returns (topology, positions [N, 3] nm, box [3, 3] nm, net charge e)."""
+    protonated PDB file, centred) if given, minimised with amber14/TIP3P.
+    Returns (topology, positions [N, 3] nm, box [3, 3] nm, net charge e)."""
     forcefield = app.ForceField("amber14-all.xml", "amber14/tip3p.xml")
     charge = 0.0
     if solute is None:
@@ -62,8 +63,15 @@ def solvated_box(edge_nm: float, solute: str = None):
         modeller = app.Modeller(topology, (xyz - xyz.mean(axis=0) + edge_nm / 2.0) * unit.nanometer)
     modeller.addSolvent(forcefield, model="tip3p", boxSize=openmm.Vec3(edge_nm, edge_nm, edge_nm) * unit.nanometer,
                         neutralize=False)
-    positions = np.array(modeller.positions.value_in_unit(unit.nanometer))
-    return modeller.topology, positions, np.eye(3) * edge_nm, float(charge)
+    # addSolvent tiles a water box, which leaves close contacts across the new box faces: minimise them away
+    # with the force field (rigid TIP3P, PME), as for the official reference water boxes
+    system = forcefield.createSystem(modeller.topology, nonbondedMethod=app.PME, nonbondedCutoff=0.9 * unit.nanometer,
+                                     constraints=app.HBonds)
+    context = openmm.Context(system, openmm.VerletIntegrator(1e-3), openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(modeller.positions)
+    openmm.LocalEnergyMinimizer.minimize(context, 10.0, 500)
+    positions = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    return modeller.topology, np.array(positions), np.eye(3) * edge_nm, float(charge)
 
 
 def reference_energy_forces(model, numbers, positions_nm, box_nm, total_charge):

@@ -190,6 +190,12 @@ def build_system(settings: SimulationSettings):
             raise ValueError(f"the solute's force-field net charge is {charge:.4f} e, not an integer, so it cannot be "
                              "neutralised with ions; check protonation states and non-standard residues")
         n_solute = topology.getNumAtoms()
+        needs_sodium = charge < -0.5 or settings.ionic_strength_molar > 0
+        if settings.ml_region == "all" and settings.model == "so3lr" and needs_sodium:
+            # fail before the minutes of solvation or membrane building
+            raise ValueError("with --ml-region all every ion is an ML atom, and SO3LR cannot evaluate Na (Z=11), "
+                             f"which this system needs (net charge {charge:+.0f} e, ionic strength "
+                             f"{settings.ionic_strength_molar} M): use the default ML region (the protein) instead")
         if settings.membrane is not None:
             topology, positions = embed_in_membrane(topology, positions, forcefield, settings)
         else:
@@ -396,7 +402,8 @@ def run_simulation(settings: SimulationSettings) -> dict:
         if settings.progress:
             print(f"[viskrates] {message}", file=sys.stderr, flush=True)
 
-    environment = "water" if settings.membrane is None else f"a {settings.membrane} bilayer (minutes: addMembrane relaxes it)"
+    environment = ("water" if settings.membrane is None
+                   else f"a {settings.membrane} bilayer (minutes: addMembrane relaxes it)")
     stage(f"preparing {settings.structure or 'no protein'} (PDBFixer: {'on' if settings.fix else 'off'}), "
           f"putting it into {environment}, building the System ({settings.model} on the {settings.ml_region!r} "
           "ML region)")
