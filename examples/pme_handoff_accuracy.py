@@ -67,9 +67,9 @@ def solvated_box(edge_nm: float, solute: str = None):
     # with the force field (rigid TIP3P, PME), as for the official reference water boxes
     system = forcefield.createSystem(modeller.topology, nonbondedMethod=app.PME, nonbondedCutoff=0.9 * unit.nanometer,
                                      constraints=app.HBonds)
-    context = openmm.Context(system, openmm.VerletIntegrator(1e-3), openmm.Platform.getPlatformByName("Reference"))
+    context = openmm.Context(system, openmm.VerletIntegrator(1e-3), openmm.Platform.getPlatformByName("CPU"))
     context.setPositions(modeller.positions)
-    openmm.LocalEnergyMinimizer.minimize(context, 10.0, 500)
+    openmm.LocalEnergyMinimizer.minimize(context, 10.0, 200)
     positions = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
     return modeller.topology, np.array(positions), np.eye(3) * edge_nm, float(charge)
 
