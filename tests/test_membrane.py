@@ -67,29 +67,30 @@ def test_pure_bilayer_ml_lipid_with_hmr_runs(tmp_path):
     assert np.all(np.isfinite(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)))
 
 
-def test_peptide_embedded_by_add_membrane(tmp_path, capsys):
-    """Alanine dipeptide put into the bilayer (addMembrane with the test patch), ML on the peptide, 2 steps."""
-    out = tmp_path / "run"
-    assert main(["simulate", ALA2, "-o", str(out), "--membrane", PATCH, "--padding", "0.3", "--lr-cutoff", "9", "--steps", "2",
-                 "--equilibration-steps", "0", "--report-interval", "1", "--minimize-iterations", "1",
-                 "--no-progress"]) == 0
-    printed = capsys.readouterr().out
-    assert "ML region: 22" in printed and "time step 1.0 fs" in printed
-    final = app.PDBFile(str(out / "final.pdb"))
-    residues = [r.name for r in final.topology.residues()]
-    assert residues[:3] == ["ACE", "ALA", "NME"]  # the peptide stays first
+def test_peptide_embedded_by_add_membrane(tmp_path):
+    """Alanine dipeptide put into the bilayer (addMembrane with the test patch), SO3LR on the peptide.
+
+    Only the building is tested: a run through the CLI spends minutes in OpenMM's constrained minimiser
+    (~95 ML evaluations even for one iteration); test_pure_bilayer_ml_lipid_with_hmr_runs takes the steps."""
+    settings = _settings(tmp_path, structure=ALA2, padding_nm=0.3)
+    topology, positions, system, ml_atoms = build_system(settings)
+    residues = [r.name for r in topology.residues()]
+    assert residues[:3] == ["ACE", "ALA", "NME"] and ml_atoms == list(range(22))  # the peptide stays first
     # lipids near the peptide (shrunk to 50 % in x and y) were removed, the same number from each leaflet
-    # (the test patch has 6 and 8)
+    # (the test patch has 6 and 8); a neutral peptide needs no ions
     assert residues.count("POP") in (2, 4, 6, 8, 10, 12)
     assert residues.count("HOH") > 300 and "NA" not in residues and "CL" not in residues
     # the bilayer is centred on the peptide: the phosphorus atoms of both leaflets lie 1.3-2.5 nm above and
-    # below its alanine CA (minimum image in z: final.pdb wraps the unbonded ML atoms one by one)
-    xyz = np.array(final.positions.value_in_unit(unit.nanometer))
-    center = next(a.index for a in final.topology.atoms() if a.residue.name == "ALA" and a.name == "CA")
-    box_z = final.topology.getPeriodicBoxVectors()[2][2].value_in_unit(unit.nanometer)
-    phosphorus = [a.index for a in final.topology.atoms() if a.element.symbol == "P"]
+    # below its alanine CA
+    xyz = np.array(positions.value_in_unit(unit.nanometer))
+    center = next(a.index for a in topology.atoms() if a.residue.name == "ALA" and a.name == "CA")
+    box_z = topology.getPeriodicBoxVectors()[2][2].value_in_unit(unit.nanometer)
+    phosphorus = [a.index for a in topology.atoms() if a.element.symbol == "P"]
     dz = (xyz[phosphorus, 2] - xyz[center, 2] + box_z / 2) % box_z - box_z / 2
     assert np.sum(dz > 0) > 0 and np.sum(dz < 0) > 0 and np.all((np.abs(dz) > 1.3) & (np.abs(dz) < 2.5))
+    ml_pairs, pairs = _ml_constraints(system, ml_atoms)
+    assert ml_pairs == [] and len(pairs) > 0
+    assert any(isinstance(f, openmm.MonteCarloMembraneBarostat) for f in system.getForces())
 
 
 def test_hydrogen_mass_repartitioning_matches_openmm():
