@@ -14,7 +14,9 @@ def _simulate(args: argparse.Namespace) -> int:
         fix=not args.no_fix, ph=args.ph, padding_nm=args.padding, ionic_strength_molar=args.ionic_strength,
         temperature_k=args.temperature, timestep_fs=args.timestep, minimize_iterations=args.minimize_iterations,
         equilibration_steps=args.equilibration_steps, steps=args.steps, report_interval=args.report_interval,
-        precision=args.precision, platform=args.platform, seed=args.seed, progress=not args.no_progress)
+        precision=args.precision, platform=args.platform, seed=args.seed, progress=not args.no_progress,
+        membrane=args.membrane, membrane_center_z_nm=args.membrane_center_z, membrane_barostat=not args.no_barostat,
+        hydrogen_mass_amu=args.hmr, lr_cutoff_angstrom=args.lr_cutoff)
     summary = run_simulation(settings)
     print(f"atoms: {summary['n_atoms']} (ML region: {summary['n_ml_atoms']}), time step {summary['timestep_fs']} fs")
     print(f"speed: {summary['ns_per_day']:.3f} ns/day")
@@ -33,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     sim = commands.add_parser("simulate", help="ML/MM molecular dynamics of a PDB protein in water")
-    sim.add_argument("structure", help="PDB or PDBx/mmCIF file of the protein")
+    sim.add_argument("structure", nargs="?", default=None,
+                     help="PDB or PDBx/mmCIF file of the protein (optional with --membrane: a pure bilayer)")
     sim.add_argument("-o", "--output", default=defaults["output_dir"], help="output directory (default: %(default)s)")
     sim.add_argument("--model", default="so3lr", choices=["so3lr"], help="ML potential (default: %(default)s)")
     sim.add_argument("--ml-region", default="protein",
@@ -53,6 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--platform", default=defaults["platform"], help="OpenMM platform (default: %(default)s)")
     sim.add_argument("--seed", type=int, default=defaults["seed"], help="random seed (default: %(default)s)")
     sim.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sim.add_argument("--membrane", nargs="?", const="POPC", default=None, metavar="LIPID|PATCH.pdb",
+                     help="embed the protein in a lipid bilayer (OpenMM's Modeller.addMembrane, amber14 lipid17) "
+                          "instead of a water box: POPC (the default), POPE, DLPC, DLPE, DMPC, DOPC, DPPC or a "
+                          "solvated patch file; without a structure, run the pure patch")
+    sim.add_argument("--membrane-center-z", type=float, default=None,
+                     help="z of the bilayer centre in nm (default: the protein's centre; 0 for OPM structures)")
+    sim.add_argument("--no-barostat", action="store_true",
+                     help="membranes: no MonteCarloMembraneBarostat (default: 1 bar, no surface tension)")
+    sim.add_argument("--lr-cutoff", type=float, default=defaults["lr_cutoff_angstrom"],
+                     help="SO3LR long-range cutoff in Å; periodic boxes must be twice as wide (default: %(default)s)")
+    sim.add_argument("--hmr", nargs="?", type=float, const=1.5, default=None, metavar="MASS",
+                     help="hydrogen mass repartitioning to MASS amu (default 1.5) and a 1.5 fs time step")
     sim.set_defaults(run=_simulate)
 
     from . import bench as bench_module

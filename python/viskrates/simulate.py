@@ -1,8 +1,9 @@
-"""The main job: an ML/MM (or full-ML) molecular-dynamics run of a PDB protein in water.
+"""The main job: an ML/MM (or full-ML) molecular-dynamics run of a PDB protein in water or in a lipid bilayer.
 
-Pipeline: PDBFixer (missing atoms, hydrogens at the chosen pH) -> Modeller (TIP3P, neutralising ions)
--> amber14 System with PME -> the ML region replaced by a viskrates model through openmm-ml's
-mechanical embedding -> minimisation, equilibration, production MD with DCD and CSV output.
+Pipeline: PDBFixer (missing atoms, hydrogens at the chosen pH) -> Modeller (TIP3P, neutralising ions; or a
+bilayer with ``Modeller.addMembrane``) -> amber14 System (lipid17 for lipids) with PME -> the ML region
+replaced by a viskrates model through openmm-ml's mechanical embedding -> minimisation, equilibration,
+production MD with DCD and CSV output.
 """
 import csv as csv_module
 import dataclasses
@@ -20,13 +21,15 @@ import openmm.unit as unit
 
 CAP_RESIDUES = {"ACE", "NME", "NH2"}
 ION_RESIDUES = {"NA", "CL", "K", "MG", "CA", "ZN", "LI", "RB", "CS", "F", "BR", "I"}
+# the pre-equilibrated, solvated bilayer patches shipped with OpenMM (amber lipid17 residue names)
+LIPID_TYPES = ("POPC", "POPE", "DLPC", "DLPE", "DMPC", "DOPC", "DPPC")
 
 
 @dataclasses.dataclass
 class SimulationSettings:
     """Settings of :func:`run_simulation` (units in the field names)."""
 
-    structure: str
+    structure: Optional[str]           # None only with ``membrane``: a pure lipid patch
     output_dir: str = "viskrates_run"
     model: str = "so3lr"
     ml_region: str = "protein"       # 'protein', 'all', or residue ids such as '1-5,8'
@@ -49,6 +52,10 @@ class SimulationSettings:
     platform: str = "CPU"
     seed: int = 2024
     progress: bool = True
+    membrane: Optional[str] = None    # a lipid of LIPID_TYPES or a solvated patch PDB file: embed in a bilayer
+    membrane_center_z_nm: Optional[float] = None  # default: the protein's centre (None)
+    membrane_barostat: bool = True    # MonteCarloMembraneBarostat (1 bar, no surface tension) for membranes
+    hydrogen_mass_amu: Optional[float] = None  # hydrogen mass repartitioning (e.g. 1.5); default 1.5 fs steps
 
 
 def _has_hydrogens(topology: app.Topology) -> bool:
@@ -158,32 +165,45 @@ def select_ml_atoms(topology: app.Topology, n_solute_atoms: int, ml_region: str)
 
 
 def build_system(settings: SimulationSettings):
-    """Prepare the structure, solvate it and build the ML/MM System.
+    """Prepare the structure, solvate it (or embed it in a bilayer) and build the ML/MM System.
 
     Returns:
         ``(topology, positions, system, ml_atoms)``.
 
     Raises:
-        ValueError: see :func:`prepare_structure` and :func:`select_ml_atoms`; a solute whose force-field
-            net charge is not an integer (it cannot be neutralised); elements the model does not support.
+        ValueError: see :func:`prepare_structure`, :func:`select_ml_atoms` and :func:`embed_in_membrane`; a
+            solute whose force-field net charge is not an integer (it cannot be neutralised); elements the
+            model does not support.
     """
     from openmmml import MLPotential
 
-    topology, positions = prepare_structure(settings.structure, settings.fix, settings.ph)
+    # amber14-all.xml includes lipid17 (the lipids of OpenMM's membrane patches)
     forcefield = app.ForceField("amber14-all.xml", "amber14/tip3p.xml")
-    charge = _net_charge(forcefield, topology)
-    if abs(charge - round(charge)) > 1e-3:
-        raise ValueError(f"the solute's force-field net charge is {charge:.4f} e, not an integer, so it cannot be "
-                         "neutralised with ions; check protonation states and non-standard residues")
-    n_solute = topology.getNumAtoms()
-    modeller = app.Modeller(topology, positions)
-    # The periodic ML force sees one image of each pair, so the box must be at least twice its cutoff wide.
-    xyz = np.array(positions.value_in_unit(unit.nanometer))
-    extent = float(np.max(np.linalg.norm(xyz - xyz.mean(axis=0), axis=1))) * 2.0
-    edge = max(extent + 2.0 * settings.padding_nm, 2.0 * settings.lr_cutoff_angstrom / 10.0 + 0.05)
-    modeller.addSolvent(forcefield, model="tip3p", boxSize=openmm.Vec3(edge, edge, edge) * unit.nanometer,
-                        ionicStrength=settings.ionic_strength_molar * unit.molar, neutralize=True)
-    topology, positions = modeller.topology, modeller.positions
+    if settings.structure is None:
+        if settings.membrane is None:
+            raise ValueError("a structure file is needed (only a pure lipid bilayer, --membrane, can do without)")
+        if settings.ml_region == "protein":
+            raise ValueError("a pure lipid bilayer has no protein: choose --ml-region all (SO3LR on every atom) or "
+                             "lipid residue ids such as '1-2'")
+        topology, positions, n_solute = pure_bilayer(settings)
+    else:
+        topology, positions = prepare_structure(settings.structure, settings.fix, settings.ph)
+        charge = _net_charge(forcefield, topology)
+        if abs(charge - round(charge)) > 1e-3:
+            raise ValueError(f"the solute's force-field net charge is {charge:.4f} e, not an integer, so it cannot be "
+                             "neutralised with ions; check protonation states and non-standard residues")
+        n_solute = topology.getNumAtoms()
+        needs_sodium = charge < -0.5 or settings.ionic_strength_molar > 0
+        if settings.ml_region == "all" and settings.model == "so3lr" and needs_sodium:
+            # fail before the minutes of solvation or membrane building
+            raise ValueError("with --ml-region all every ion is an ML atom, and SO3LR cannot evaluate Na (Z=11), "
+                             f"which this system needs (net charge {charge:+.0f} e, ionic strength "
+                             f"{settings.ionic_strength_molar} M): use the default ML region (the protein) instead")
+        if settings.membrane is not None:
+            topology, positions = embed_in_membrane(topology, positions, forcefield, settings)
+        else:
+            topology, positions = _solvate(topology, positions, forcefield, settings)
+    _check_box(topology, settings)
     ml_atoms = select_ml_atoms(topology, n_solute, settings.ml_region)
 
     potential = MLPotential(settings.model, lrCutoff=settings.lr_cutoff_angstrom)
@@ -191,11 +211,134 @@ def build_system(settings: SimulationSettings):
         system = _full_ml_pme_system(topology, positions, settings)
     elif settings.ml_region == "all":
         system = potential.createSystem(topology, precision=settings.precision)
+        _repartition_hydrogen_mass(system, topology, settings.hydrogen_mass_amu)
     else:
+        hydrogen_mass = None if settings.hydrogen_mass_amu is None else settings.hydrogen_mass_amu * unit.amu
         mm_system = forcefield.createSystem(topology, nonbondedMethod=app.PME, nonbondedCutoff=1.0 * unit.nanometer,
-                                            constraints=app.HBonds, rigidWater=True)
+                                            constraints=app.HBonds, rigidWater=True, hydrogenMass=hydrogen_mass)
+        # openmm-ml removes the constraints between ML atoms (removeConstraints=True): ML bonds stay flexible
         system = potential.createMixedSystem(topology, mm_system, ml_atoms, precision=settings.precision)
+    if settings.membrane is not None and settings.membrane_barostat:
+        system.addForce(openmm.MonteCarloMembraneBarostat(
+            1.0 * unit.bar, 0.0 * unit.bar * unit.nanometer, settings.temperature_k * unit.kelvin,
+            openmm.MonteCarloMembraneBarostat.XYIsotropic, openmm.MonteCarloMembraneBarostat.ZFree))
     return topology, positions, system, ml_atoms
+
+
+def _solvate(topology: app.Topology, positions, forcefield: app.ForceField, settings: SimulationSettings):
+    modeller = app.Modeller(topology, positions)
+    # The periodic ML force sees one image of each pair, so the box must be at least twice its cutoff wide.
+    xyz = np.array(positions.value_in_unit(unit.nanometer))
+    extent = float(np.max(np.linalg.norm(xyz - xyz.mean(axis=0), axis=1))) * 2.0
+    edge = max(extent + 2.0 * settings.padding_nm, 2.0 * settings.lr_cutoff_angstrom / 10.0 + 0.05)
+    modeller.addSolvent(forcefield, model="tip3p", boxSize=openmm.Vec3(edge, edge, edge) * unit.nanometer,
+                        ionicStrength=settings.ionic_strength_molar * unit.molar, neutralize=True)
+    return modeller.topology, modeller.positions
+
+
+def _lipid_patch(membrane: str):
+    """OpenMM's solvated bilayer patch of a lipid type, or a patch PDB file (a periodic box with CRYST1)."""
+    if membrane.upper() in LIPID_TYPES:
+        return app.PDBFile(os.path.join(os.path.dirname(app.__file__), "data", membrane.upper() + ".pdb"))
+    if os.path.exists(membrane):
+        patch = app.PDBxFile(membrane) if membrane.endswith((".cif", ".pdbx")) else app.PDBFile(membrane)
+        if patch.topology.getPeriodicBoxVectors() is None:
+            raise ValueError(f"the membrane patch {membrane} has no periodic box (CRYST1 record)")
+        return patch
+    raise ValueError(f"unknown membrane {membrane!r}: use one of {', '.join(LIPID_TYPES)} or a solvated patch PDB file")
+
+
+def embed_in_membrane(topology: app.Topology, positions, forcefield: app.ForceField, settings: SimulationSettings):
+    """Embed the solute in a lipid bilayer with water and ions (OpenMM's ``Modeller.addMembrane``).
+
+    The bilayer lies in the xy plane, centred at z = ``settings.membrane_center_z_nm`` (default: the solute's
+    centre, so a peptide ends up inside the bilayer; for a membrane protein oriented as in the OPM database
+    pass 0). The patch (``settings.membrane``) is tiled to leave ``settings.padding_nm`` around the solute, lipids
+    within 0.22 nm of the solute shrunk by 50 % in x and y are removed, and a short MD with amber14/lipid17
+    lets the bilayer relax around the growing solute (Wolf et al., J. Comput. Chem. 31, 2169 (2010)); then
+    TIP3P water fills the box and Na+/Cl- neutralise it (and give ``settings.ionic_strength_molar``).
+    The solute's atoms stay first. The relaxation takes minutes on a CPU: a single patch is ~32,000 atoms.
+
+    Returns:
+        ``(topology, positions)`` of the whole system, with its periodic box.
+
+    Raises:
+        ValueError: an unknown lipid type or a patch file without a box.
+    """
+    patch = _lipid_patch(settings.membrane)
+    xyz = np.array(positions.value_in_unit(unit.nanometer))
+    center_z = settings.membrane_center_z_nm
+    if center_z is None:
+        center_z = 0.5 * float(xyz[:, 2].min() + xyz[:, 2].max())
+    modeller = app.Modeller(topology, positions)
+    modeller.addMembrane(forcefield, lipidType=patch, membraneCenterZ=center_z * unit.nanometer,
+                         minimumPadding=settings.padding_nm * unit.nanometer,
+                         ionicStrength=settings.ionic_strength_molar * unit.molar, neutralize=True,
+                         platform=openmm.Platform.getPlatformByName(settings.platform))
+    return modeller.topology, modeller.positions
+
+
+def pure_bilayer(settings: SimulationSettings):
+    """A solvated lipid bilayer without protein: the patch ``settings.membrane`` as it is (OpenMM's POPC patch:
+    128 lipids and 5,120 waters, 32,512 atoms in a 6.37 × 6.69 × 7.31 nm box). The lipids, which are
+    zwitterionic and come first, play the solute (residue ids of ``--ml-region`` refer to them).
+
+    Returns:
+        ``(topology, positions, number of lipid atoms)``.
+
+    Raises:
+        ValueError: an ionic strength (only neutralising is done by Modeller, and a zwitterionic bilayer needs
+            no counter-ions), or a patch whose lipids do not come before its water.
+    """
+    if settings.ionic_strength_molar > 0:
+        raise ValueError("salt is only added around a protein (Modeller.addMembrane); the pure bilayer patch is "
+                         "used as it is, without ions: drop --ionic-strength")
+    patch = _lipid_patch(settings.membrane)
+    residues = list(patch.topology.residues())
+    is_lipid = [r.name not in ("HOH", "WAT") and r.name not in ION_RESIDUES for r in residues]
+    n_lipids = sum(is_lipid)
+    if n_lipids == 0 or not all(is_lipid[:n_lipids]):
+        raise ValueError(f"the membrane patch {settings.membrane!r} must list its lipids before water and ions")
+    n_lipid_atoms = sum(len(list(r.atoms())) for r in residues[:n_lipids])
+    modeller = app.Modeller(patch.topology, patch.positions)
+    return modeller.topology, modeller.positions, n_lipid_atoms
+
+
+def _check_box(topology: app.Topology, settings: SimulationSettings) -> None:
+    """The periodic ML force sees one image of each pair: every box width must be ≥ twice its cutoff."""
+    vectors = topology.getPeriodicBoxVectors().value_in_unit(unit.nanometer)
+    widths = [vectors[0][0], vectors[1][1], vectors[2][2]]
+    if min(widths) < 2.0 * settings.lr_cutoff_angstrom / 10.0:
+        raise ValueError(f"the periodic box ({' × '.join(f'{w:.2f}' for w in widths)} nm) is narrower than twice the "
+                         f"ML long-range cutoff ({settings.lr_cutoff_angstrom} Å): use a larger patch or padding")
+
+
+def _repartition_hydrogen_mass(system: openmm.System, topology: app.Topology, hydrogen_mass_amu: Optional[float]):
+    """Hydrogen mass repartitioning (Hopkins et al., J. Chem. Theory Comput. 11, 1864 (2015)): every hydrogen
+    bonded to a heavy atom gets ``hydrogen_mass_amu`` and its partner loses the difference, so the total mass
+    and the dynamics of the centre of mass are unchanged while the fastest (X–H) vibrations slow down.
+    Water hydrogens are repartitioned too (in full-ML runs water is flexible). Does nothing for None.
+
+    Raises:
+        ValueError: a mass that would leave a heavy atom lighter than 1 amu, or a non-positive mass.
+    """
+    if hydrogen_mass_amu is None:
+        return
+    if not hydrogen_mass_amu > 0:
+        raise ValueError(f"the hydrogen mass must be positive, got {hydrogen_mass_amu} amu")
+    for atom1, atom2 in topology.bonds():
+        if atom1.element is not None and atom1.element.symbol == "H":
+            atom1, atom2 = atom2, atom1
+        if atom2.element is None or atom2.element.symbol != "H" or atom1.element is None \
+                or atom1.element.symbol == "H":
+            continue
+        transfer = hydrogen_mass_amu - system.getParticleMass(atom2.index).value_in_unit(unit.amu)
+        heavy = system.getParticleMass(atom1.index).value_in_unit(unit.amu) - transfer
+        if heavy < 1.0:
+            raise ValueError(f"hydrogen mass {hydrogen_mass_amu} amu leaves atom {atom1.index} ({atom1.name}) with "
+                             f"{heavy:.2f} amu")
+        system.setParticleMass(atom2.index, hydrogen_mass_amu * unit.amu)
+        system.setParticleMass(atom1.index, heavy * unit.amu)
 
 
 def _full_ml_pme_system(topology: app.Topology, positions, settings: SimulationSettings) -> openmm.System:
@@ -204,7 +347,8 @@ def _full_ml_pme_system(topology: app.Topology, positions, settings: SimulationS
 
     The fixed hand-off charges q* are the model's charges of the solvated input structure; the hand-off is
     exact for them and approximate (smoothly, energy-conserving) as the charges change during the run.
-    No constraints (the ML model has its own bonds; 0.5 fs is the default time step for this region).
+    No constraints (the ML model has its own bonds; 0.5 fs is the default time step for this region, 1.5 fs
+    with hydrogen mass repartitioning).
     """
     import torch
 
@@ -218,6 +362,7 @@ def _full_ml_pme_system(topology: app.Topology, positions, settings: SimulationS
     model = SO3LR(lr_cutoff=settings.lr_cutoff_angstrom).to(torch.float64 if settings.precision == "double"
                                                               else torch.float32)
     add_pme_handoff(system, model, topology_atomic_numbers(topology), positions)
+    _repartition_hydrogen_mass(system, topology, settings.hydrogen_mass_amu)
     system.addForce(openmm.CMMotionRemover())
     return system
 
@@ -260,11 +405,19 @@ def run_simulation(settings: SimulationSettings) -> dict:
         if settings.progress:
             print(f"[viskrates] {message}", file=sys.stderr, flush=True)
 
-    stage(f"preparing {settings.structure} (PDBFixer: {'on' if settings.fix else 'off'}), solvating, building "
-          f"the System ({settings.model} on the {settings.ml_region!r} ML region)")
+    environment = ("water" if settings.membrane is None
+                   else f"a {settings.membrane} bilayer (minutes: addMembrane relaxes it)")
+    stage(f"preparing {settings.structure or 'no protein'} (PDBFixer: {'on' if settings.fix else 'off'}), "
+          f"putting it into {environment}, building the System ({settings.model} on the {settings.ml_region!r} "
+          "ML region)")
     topology, positions, system, ml_atoms = build_system(settings)
     stage(f"{topology.getNumAtoms()} atoms, {len(ml_atoms)} in the ML region")
-    timestep = settings.timestep_fs or (0.5 if settings.ml_region == "all" else 1.0)
+    if settings.timestep_fs is not None:
+        timestep = settings.timestep_fs
+    elif settings.hydrogen_mass_amu is not None:
+        timestep = 1.5  # ML bonds are never constrained: their X–H stretches, slowed by HMR, set the step
+    else:
+        timestep = 0.5 if settings.ml_region == "all" else 1.0
     integrator = openmm.LangevinMiddleIntegrator(settings.temperature_k * unit.kelvin,
                                                  settings.equilibration_friction_per_ps / unit.picosecond,
                                                  timestep * unit.femtosecond)
