@@ -61,7 +61,9 @@ class ZBLRepulsion(nn.Module):
         c = np.array([_softplus_float32(v) for v in c_raw], dtype=np.float32)
         c = c / c.sum(dtype=np.float32)
         p = _softplus_float32(p_raw)
-        z_power = np.power(np.arange(num_elements, dtype=np.float32), p)
+        # Z^p rounded once from float64: NumPy's float32 power is not correctly rounded and differs between
+        # CPUs (its AVX-512 loop gives 8^p one float32 step away from the official value).
+        z_power = (np.arange(num_elements, dtype=np.float64) ** np.float64(p)).astype(np.float32)
         # Buffers in the default dtype holding float32 values: any float dtype conversion keeps them exact.
         dtype = torch.get_default_dtype()
         self.register_buffer("exponents", torch.from_numpy(a).to(dtype))
