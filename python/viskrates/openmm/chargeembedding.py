@@ -56,7 +56,7 @@ embedding a link atom's ML charge and the MM charges of the bonded neighbours (1
 force field excludes) would need a charge-redistribution scheme that SO3LR was not trained for. Select
 whole molecules (e.g. a ligand and water molecules) as the ML region.
 """
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import openmm
@@ -71,6 +71,7 @@ from ..physics.zbl import COULOMB_CONSTANT
 from ..units import EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM
 from .force import OpenMMModel, create_force
 from .mlpotential import ViskratesPotentialImpl
+from .pme import FixedChargeRefresh
 
 _METHOD_NAMES = {getattr(openmm.NonbondedForce, name): name
                  for name in ("NoCutoff", "CutoffNonPeriodic", "CutoffPeriodic", "Ewald", "PME", "LJPME")}
@@ -149,7 +150,7 @@ def _minimum_image(vectors: Tensor, box: Tensor) -> Tensor:
     return vectors - torch.round(vectors[..., 0:1] / box[0, 0]) * box[0]
 
 
-class ChargeEmbedding(Embedding):
+class ChargeEmbedding(Embedding, FixedChargeRefresh):
     """The ``viskrates_charge`` embedding of openmm-ml (module docstring), and the q* refresh of its System.
 
     ``MLPotential('so3lr').createMixedSystem(topology, system, atoms, embedding='viskrates_charge',
@@ -303,31 +304,8 @@ class ChargeEmbedding(Embedding):
                                                         torch.tensor(np.asarray(box_vectors), dtype=dtype))
         return charges.double().numpy()
 
-    def set_charges(self, charges: Sequence[float], context: Optional[openmm.Context] = None) -> None:
-        """Use ``charges`` ([n_ML] e) as q* in the NonbondedForce and the correction (and in ``context``).
-
-        Raises:
-            ValueError: a wrong number of charges.
-        """
-        charges = np.asarray(charges, dtype=np.float64)
-        if charges.shape != (len(self.atoms),):
-            raise ValueError(f"expected {len(self.atoms)} charges, got shape {charges.shape}")
-        for atom, charge in zip(self.atoms, charges):
-            _, sigma, epsilon = self.nonbonded_force.getParticleParameters(atom)
-            self.nonbonded_force.setParticleParameters(atom, float(charge), sigma, epsilon)
-            self.correction_force.setParticleParameters(atom, [float(charge)])
-        self.charges = charges
-        if context is not None:
-            self.nonbonded_force.updateParametersInContext(context)
-            self.correction_force.updateParametersInContext(context)
-
-    def refresh_charges(self, context: openmm.Context) -> np.ndarray:
-        """Set q* to the model's charges at the Context's current positions; returns them (e)."""
-        state = context.getState(getPositions=True)
-        box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(openmm.unit.nanometer)
-        charges = self.model_charges(state.getPositions(asNumpy=True).value_in_unit(openmm.unit.nanometer), box)
-        self.set_charges(charges, context)
-        return charges
+    def _charge_forces(self) -> Tuple[openmm.NonbondedForce, openmm.CustomNonbondedForce]:
+        return self.nonbonded_force, self.correction_force
 
 
 class ChargeEmbeddingFactory(EmbeddingFactory):
