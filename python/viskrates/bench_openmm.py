@@ -165,8 +165,7 @@ def build_mlmm_system(spec: SystemSpec, structure_dir: str, lr_cutoff: float = L
     """
     import openmmml  # noqa: F401  (first: its import loads our plugin module through its entry points)
 
-    from .openmm import topology_atomic_numbers
-    from .openmm.mlpotential import _ml_region_charge
+    from .openmm import ml_region_charge, topology_atomic_numbers
     from .simulate import SimulationSettings, build_system
 
     path = os.path.join(structure_dir, spec.structure)
@@ -177,7 +176,7 @@ def build_mlmm_system(spec: SystemSpec, structure_dir: str, lr_cutoff: float = L
     topology, positions, system, ml_atoms = build_system(settings)
     system = _classical_only(system)
     return BuiltSystem(spec, system, np.array(positions.value_in_unit(unit.nanometer)), list(ml_atoms),
-                       topology_atomic_numbers(topology, ml_atoms), _ml_region_charge(system, ml_atoms), lr_cutoff,
+                       topology_atomic_numbers(topology, ml_atoms), ml_region_charge(system, ml_atoms), lr_cutoff,
                        full_ml=False)
 
 

@@ -12,3 +12,6 @@ __all__ += ["PMEHandoff", "add_pme_handoff"]
 from .chargeembedding import ChargeEmbeddedModel, ChargeEmbedding, WaterBox, water_box_with_ml_waters
 
 __all__ += ["ChargeEmbeddedModel", "ChargeEmbedding", "WaterBox", "water_box_with_ml_waters"]
+from .mlpotential import ml_region_charge
+
+__all__ += ["ml_region_charge"]

@@ -16,11 +16,15 @@ from .force import create_force, topology_atomic_numbers
 _PRECISIONS = {"single": torch.float32, "double": torch.float64}
 
 
-def _ml_region_charge(system: openmm.System, atoms: Optional[Iterable[int]]) -> float:
-    """Net force-field charge of the ML atoms (e), rounded to an integer; 0 if the System has none.
+def ml_region_charge(system: openmm.System, atoms: Optional[Iterable[int]] = None) -> float:
+    """Net charge of the ML region (e) from the force field: the sum of the charges of ``atoms`` (System particle
+    indices; None: all particles) in the System's ``NonbondedForce``, rounded to an integer; 0 if the System has
+    no NonbondedForce. This is the total charge the ML potential is given when ``createSystem`` /
+    ``createMixedSystem`` get no ``charge`` argument (charge-aware models, SO3LR).
 
-    Raises ValueError when the force-field charges of the region do not add up to an integer, which
-    happens when the ML region splits a residue: the model needs an integer net charge.
+    Raises:
+        ValueError: the force-field charges of the region do not add up to an integer (to within 1e-3 e), which
+            happens when the ML region splits a residue: the model needs an integer net charge.
     """
     for force in system.getForces():
         if isinstance(force, openmm.NonbondedForce):
@@ -108,7 +112,7 @@ class ViskratesPotentialImpl(MLPotentialImpl):
         atoms = None if atoms is None else list(atoms)
         numbers = topology_atomic_numbers(topology, atoms)
         if charge is None:
-            charge = _ml_region_charge(system, atoms)
+            charge = ml_region_charge(system, atoms)
         model = self._create_model().to(_PRECISIONS[precision])
         trained = getattr(self, "trainedElements", None)
         if trained is not None and not set(numbers) <= set(trained):
