@@ -155,7 +155,7 @@ class ChargeEmbedding(Embedding, FixedChargeRefresh):
 
     ``MLPotential('so3lr').createMixedSystem(topology, system, atoms, embedding='viskrates_charge',
     returnInfo=True, positions=..., ...)`` returns a dict whose ``'chargeEmbedding'`` entry is this object.
-    Arguments understood besides those of the potential (precision, charge, backend, see
+    Arguments understood besides those of the potential (precision, charge, backend, modelBackend, see
     :class:`~viskrates.openmm.mlpotential.ViskratesPotentialImpl`):
 
     * ``positions``: [n_particles, 3] nm (array or Quantity). q* are the model's charges at these positions.
@@ -251,9 +251,10 @@ class ChargeEmbedding(Embedding, FixedChargeRefresh):
 
     def _add_forces(self, potential, topology: openmm.app.Topology, system: openmm.System, atoms: List[int],
                     force_group: int, cutoff: float, positions: Optional[np.ndarray],
-                    precision: str = "single", charge: Optional[float] = None, backend: str = "python", **_):
+                    precision: str = "single", charge: Optional[float] = None, backend: str = "python",
+                    modelBackend: Optional[str] = None, **_):
         nonbonded = next(f for f in system.getForces() if isinstance(f, openmm.NonbondedForce))
-        model, numbers, charge = potential.create_model_for(topology, system, atoms, precision, charge)
+        model, numbers, charge = potential.create_model_for(topology, system, atoms, precision, charge, modelBackend)
         ml_set = set(atoms)
         ff_charges = np.array([nonbonded.getParticleParameters(i)[0].value_in_unit(openmm.unit.elementary_charge)
                                for i in range(system.getNumParticles())])
