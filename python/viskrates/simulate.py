@@ -49,7 +49,9 @@ class SimulationSettings:
     steps: int = 1000
     report_interval: int = 100
     precision: str = "single"
-    model_backend: Optional[str] = None  # kernels of the ML model, 'reference' or 'fused'; None: the model's default
+    # kernels of the ML model: 'fused' (the viskrates ops) or 'reference' (pure PyTorch, the models' own default);
+    # the same forces up to rounding, fused ~1.6x faster for alanine dipeptide's 22 ML atoms; None: the model's own
+    model_backend: Optional[str] = "fused"
     platform: str = "CPU"
     seed: int = 2024
     progress: bool = True
