@@ -199,16 +199,6 @@ class _ChargeModel(torch.nn.Module):
         return {"energy": springs.reshape(1) + elec, "energy_elec": elec, "partial_charges": q}
 
 
-@pytest.fixture
-def one_torch_thread():
-    """The stand-in model works on tensors of a few thousand elements, for which torch's intra-op threads cost
-    more than they save (this test: 9 s with one thread, 28 s with two, on a loaded 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_handoff_nve_energy_conservation(one_torch_thread):
     """Hand-off with position-dependent charges (:class:`_ChargeModel`), 27 waters in a 2.5 nm box, float64,
     NVE (OpenMM's leap-frog Verlet) at 0.5 fs for 2 ps: total-energy drift < 1e-3 kJ/mol/ps per atom.
