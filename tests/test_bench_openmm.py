@@ -73,7 +73,10 @@ def test_full_ml_box_times_the_pme_handoff_model():
     assert abs(plain - expected) > 1.0  # kJ/mol: the two electrostatics really differ, so the check can fail
 
 
-def test_rows_table_and_cost_split(alanine_dipeptide):
+def test_rows_table_and_cost_split(alanine_dipeptide, one_torch_thread):
+    # benchmark_system leaves torch's thread count to its caller; run_benchmark sets --threads (default 1). With
+    # torch's default of all cores on a busy machine the timed Python call of the model took 3x the CPU time of
+    # a whole TorchForce step, and the CPU-time bound below failed (before and after the rows used create_system).
     torchforce = viskrates.openmm.torchforce_unavailable_reason() is None
     backends = ["torch", "python"] if torchforce else ["python"]
     rows = bench_openmm.benchmark_system(alanine_dipeptide, backends, steps=7, warmup_steps=3, minimize_iterations=2,
