@@ -21,12 +21,12 @@ import copy
 
 import numpy as np
 import openmm
-import openmm.app as app
 import openmm.unit as unit
 import torch
 from openmmml import MLPotential
 
 from viskrates.models import SO3LR
+from viskrates.openmm import water_box_with_ml_waters
 from viskrates.physics import COULOMB_CONSTANT
 from viskrates.physics.ewald import ewald_erf_energy
 from viskrates.units import EV_TO_KJ_PER_MOL
@@ -120,26 +120,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    forcefield = app.ForceField("amber14-all.xml", "amber14/tip3p.xml")
-    modeller = app.Modeller(app.Topology(), [])
-    modeller.addSolvent(forcefield, boxSize=openmm.Vec3(BOX, BOX, BOX) * unit.nanometer)
-    system = forcefield.createSystem(modeller.topology, nonbondedMethod=app.PME, nonbondedCutoff=CUTOFF,
-                                     rigidWater=False, constraints=None, ewaldErrorTolerance=1e-6)
-    next(f for f in system.getForces() if isinstance(f, openmm.NonbondedForce)).setUseDispersionCorrection(False)
-    positions = np.array(modeller.getPositions().value_in_unit(unit.nanometer))
-    oxygens = np.arange(0, len(positions), 3)
-    d = positions[oxygens] - positions[0]
-    d -= np.round(d / BOX) * BOX
-    chosen = oxygens[np.argsort(np.linalg.norm(d, axis=1))[:args.waters_ml]]
-    ml_atoms = [int(o) + k for o in chosen for k in range(3)]
+    topology, system, positions, _, ml_atoms = water_box_with_ml_waters(BOX, CUTOFF, ml_waters=args.waters_ml)
     numbers = [8, 1, 1] * args.waters_ml
     so3lr = SO3LR(lr_cutoff=LR_CUTOFF).double()
     potential = MLPotential("so3lr", lrCutoff=LR_CUTOFF)
-    info = potential.createMixedSystem(modeller.topology, system, ml_atoms, embedding="viskrates_charge",
+    info = potential.createMixedSystem(topology, system, ml_atoms, embedding="viskrates_charge",
                                        precision="double", returnInfo=True, positions=positions)
     embedding = info["chargeEmbedding"]
     context = _context(info["system"], positions)
-    mechanical = _context(potential.createMixedSystem(modeller.topology, system, ml_atoms, precision="double"),
+    mechanical = _context(potential.createMixedSystem(topology, system, ml_atoms, precision="double"),
                           positions)
     print(f"{len(positions)} atoms, ML region {len(ml_atoms)} atoms, rc {CUTOFF} nm, "
           f"displacement {args.displacement} nm rms per coordinate")
@@ -168,13 +157,12 @@ def main() -> None:
     if args.nve_steps:
         # NVE with rigid MM water (SETTLE), so that the fluctuation of the total energy shows the ML/MM
         # terms rather than the O–H vibrations of flexible TIP3P; the ML waters stay flexible.
-        rigid = forcefield.createSystem(modeller.topology, nonbondedMethod=app.PME, nonbondedCutoff=CUTOFF,
-                                        rigidWater=True)
-        next(f for f in rigid.getForces() if isinstance(f, openmm.NonbondedForce)).setUseDispersionCorrection(False)
-        charge_info = potential.createMixedSystem(modeller.topology, rigid, ml_atoms, embedding="viskrates_charge",
+        rigid = water_box_with_ml_waters(BOX, CUTOFF, ml_waters=args.waters_ml, ewald_error_tolerance=5e-4,
+                                         rigid_water=True).system
+        charge_info = potential.createMixedSystem(topology, rigid, ml_atoms, embedding="viskrates_charge",
                                                   precision="double", returnInfo=True, positions=positions)
         for name, nve_system in (("force field", rigid),
-                                 ("mechanical", potential.createMixedSystem(modeller.topology, rigid, ml_atoms,
+                                 ("mechanical", potential.createMixedSystem(topology, rigid, ml_atoms,
                                                                             precision="double")),
                                  ("viskrates_charge", charge_info["system"])):
             _nve(name, nve_system, positions, args.nve_steps)

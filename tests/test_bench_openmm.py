@@ -1,4 +1,5 @@
 """`viskrates bench --openmm`: the table's structure and the consistency of the cost split (never its speed)."""
+import dataclasses
 import io
 import os
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 import viskrates.openmm
-from viskrates import bench_openmm
+from viskrates import bench_openmm, simulate
 from viskrates.cli import main
 
 STRUCTURES = os.path.join(os.path.dirname(__file__), "..", "examples", "structures")
@@ -21,12 +22,14 @@ def alanine_dipeptide():
 
 
 def test_ml_force_and_classical_groups_are_what_the_split_times(alanine_dipeptide):
-    """The ML force group evaluates exactly the module the benchmark times, and group 0 exactly the classical
-    System, so that 'model' and 'OpenMM' of the cost split measure disjoint parts of the step."""
+    """The row's System is the main job's (simulate.create_system) with the benchmark's model; its ML force group
+    evaluates exactly the module the benchmark times, and group 0 exactly the main job's classical forces, so that
+    'model' and 'OpenMM' of the cost split measure disjoint parts of the step."""
     built = alanine_dipeptide
     model = bench_openmm.make_model(built, "reference", torch.float64)
     system, openmm_model = bench_openmm.add_ml_force(built, model, "python")
-    assert system.getNumForces() == built.system.getNumForces() + 1
+    ml_forces = [f for f in system.getForces() if f.getForceGroup() == bench_openmm.ML_GROUP]
+    assert [type(f).__name__ for f in ml_forces] == ["PythonForce"]
     context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
     context.setPositions(built.positions)
     ml_energy = context.getState(getEnergy=True, groups={bench_openmm.ML_GROUP}).getPotentialEnergy()
@@ -35,13 +38,22 @@ def test_ml_force_and_classical_groups_are_what_the_split_times(alanine_dipeptid
     box = np.array(context.getState().getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer))
     expected_ml = float(openmm_model(torch.tensor(built.positions[built.ml_atoms]), torch.tensor(box)))
     assert ml_energy.value_in_unit(unit.kilojoule_per_mole) == pytest.approx(expected_ml, rel=1e-9, abs=1e-6)
-    classical = openmm.Context(built.system, openmm.VerletIntegrator(0.001),
-                               openmm.Platform.getPlatformByName("Reference"))
+    # the main job's System with the same model settings, its ML force removed
+    settings = dataclasses.replace(built.settings, precision="double", model_backend="reference")
+    main_job = simulate.create_system(settings, built.topology, built.positions, built.ml_atoms)
+    main_job.removeForce(next(i for i, f in enumerate(main_job.getForces()) if isinstance(f, openmm.PythonForce)))
+    classical = openmm.Context(main_job, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
     classical.setPositions(built.positions)
     expected_classical = classical.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
     assert classical_energy.value_in_unit(unit.kilojoule_per_mole) == pytest.approx(expected_classical, rel=1e-9)
     assert built.total_charge == 0.0 and len(built.ml_atoms) == 22
     assert sorted(set(built.atomic_numbers)) == [1, 6, 7, 8]
+    # the fused kernels reach the force too: same energy up to rounding
+    fused_system, _ = bench_openmm.add_ml_force(built, bench_openmm.make_model(built, "fused", torch.float64), "python")
+    fused = openmm.Context(fused_system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    fused.setPositions(built.positions)
+    fused_ml = fused.getState(getEnergy=True, groups={bench_openmm.ML_GROUP}).getPotentialEnergy()
+    assert fused_ml.value_in_unit(unit.kilojoule_per_mole) == pytest.approx(expected_ml, rel=1e-9, abs=1e-6)
 
 
 def test_full_ml_box_times_the_pme_handoff_model():
@@ -61,12 +73,15 @@ def test_full_ml_box_times_the_pme_handoff_model():
     assert abs(plain - expected) > 1.0  # kJ/mol: the two electrostatics really differ, so the check can fail
 
 
-def test_rows_table_and_cost_split(alanine_dipeptide):
+def test_rows_table_and_cost_split(alanine_dipeptide, one_torch_thread):
+    # benchmark_system leaves torch's thread count to its caller; run_benchmark sets --threads (default 1). With
+    # torch's default of all cores on a busy machine the timed Python call of the model took 3x the CPU time of
+    # a whole TorchForce step, and the CPU-time bound below failed (before and after the rows used create_system).
     torchforce = viskrates.openmm.torchforce_unavailable_reason() is None
     backends = ["torch", "python"] if torchforce else ["python"]
     rows = bench_openmm.benchmark_system(alanine_dipeptide, backends, steps=7, warmup_steps=3, minimize_iterations=2,
                                          repeats=5)
-    n_atoms = alanine_dipeptide.system.getNumParticles()
+    n_atoms = len(alanine_dipeptide.positions)
     assert [r["backend"] for r in rows] == backends
     for row in rows:
         assert row["status"] == "ok", row["status"]

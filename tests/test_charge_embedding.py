@@ -18,13 +18,14 @@ import torch
 from openmmml import MLPotential
 
 from viskrates.models import SO3LR
-from viskrates.openmm import torchforce_unavailable_reason
+from viskrates.openmm import torchforce_unavailable_reason, water_box_with_ml_waters
 from viskrates.physics import COULOMB_CONSTANT
 from viskrates.physics.ewald import ewald_erf_energy
 from viskrates.units import EV_TO_KJ_PER_MOL
 
 HERE = os.path.dirname(__file__)
 ALA2 = os.path.join(HERE, "..", "examples", "structures", "alanine-dipeptide-implicit.pdb")
+BOX = 1.8                # nm, edge of the cubic water box
 LR_CUTOFF = 8.0          # Å, SO3LR's long-range cutoff (the 18 Å box must be at least twice as wide)
 CUTOFF = 0.8             # nm, force field and embedding cutoff
 KE = COULOMB_CONSTANT * EV_TO_KJ_PER_MOL / 10.0   # kJ/mol·nm
@@ -40,29 +41,7 @@ def _unoptimised_torchscript():
 
 @pytest.fixture(scope="module")
 def water_box():
-    return make_water_box()
-
-
-def make_water_box(ewald_error_tolerance=1e-6):
-    """Topology, force-field System, positions [555, 3] nm, box [3, 3] nm and the 6 ML atoms (module docstring)."""
-    forcefield = app.ForceField("amber14-all.xml", "amber14/tip3p.xml")
-    modeller = app.Modeller(app.Topology(), [])
-    modeller.addSolvent(forcefield, boxSize=openmm.Vec3(1.8, 1.8, 1.8) * unit.nanometer)
-    system = forcefield.createSystem(modeller.topology, nonbondedMethod=app.PME,
-                                     nonbondedCutoff=CUTOFF * unit.nanometer, rigidWater=False, constraints=None,
-                                     ewaldErrorTolerance=ewald_error_tolerance)
-    nonbonded = next(f for f in system.getForces() if isinstance(f, openmm.NonbondedForce))
-    nonbonded.setUseDispersionCorrection(False)
-    positions = modeller.getPositions().value_in_unit(unit.nanometer)
-    positions = np.array([[v.x, v.y, v.z] for v in positions])
-    # ML region: water 0 and the water whose oxygen is nearest to its oxygen (minimum image)
-    box = np.eye(3) * 1.8
-    oxygens = np.arange(0, len(positions), 3)
-    d = positions[oxygens] - positions[0]
-    d -= np.round(d / 1.8) * 1.8
-    nearest = oxygens[np.argsort(np.linalg.norm(d, axis=1))[1]]
-    ml_atoms = [0, 1, 2, int(nearest), int(nearest) + 1, int(nearest) + 2]
-    return modeller.topology, system, positions, box, ml_atoms
+    return water_box_with_ml_waters(BOX, CUTOFF, ml_waters=2)
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +197,7 @@ def test_forces_equal_finite_differences():
     differences of its energy, for every ML coordinate and the MM atom nearest to the ML region (it feels
     q(R), and the chain rule through q(R) moves forces onto the ML atoms). OpenMM's default PME accuracy
     suffices here (its forces are the exact gradient of its energy). The CPU platform gives the same forces."""
-    water_box = make_water_box(5e-4)
+    water_box = water_box_with_ml_waters(BOX, CUTOFF, ml_waters=2, ewald_error_tolerance=5e-4)
     topology, system, positions, box, ml_atoms = water_box
     mixed, _ = _mixed(water_box, positions=positions)
     rng = np.random.default_rng(5)
@@ -292,6 +271,10 @@ def test_errors(water_box):
     vacuum = forcefield.createSystem(ala2.topology, nonbondedMethod=app.NoCutoff)
     with pytest.raises(ValueError, match="PME, Ewald or LJPME"):
         potential.createMixedSystem(ala2.topology, vacuum, list(range(22)), embedding="viskrates_charge")
+    with pytest.raises(ValueError, match="ml_waters"):
+        water_box_with_ml_waters(BOX, CUTOFF, ml_waters=0)
+    with pytest.raises(ValueError, match="half the box edge"):
+        water_box_with_ml_waters(BOX, 1.0)
 
 
 def test_entry_point_module_imported_first():

@@ -10,7 +10,7 @@ import torch
 from openmmml import MLPotential
 
 from viskrates.models import SO3LR
-from viskrates.openmm import create_force, topology_atomic_numbers
+from viskrates.openmm import create_force, ml_region_charge, topology_atomic_numbers
 from viskrates.units import EV_TO_KJ_PER_MOL
 
 HERE = os.path.dirname(__file__)
@@ -143,6 +143,17 @@ def test_ml_region_splitting_a_residue_has_no_integer_charge(ala2):
     mm = app.ForceField("amber14-all.xml").createSystem(ala2.topology, nonbondedMethod=app.NoCutoff)
     with pytest.raises(ValueError, match="not an integer"):
         MLPotential("so3lr").createMixedSystem(ala2.topology, mm, [0, 1, 2, 3, 4], precision="double")
+    with pytest.raises(ValueError, match="not an integer"):
+        ml_region_charge(mm, [0, 1, 2, 3, 4])
+    # whole residues: the neutral peptide, and its alanine given a net charge of −1 by a shifted charge
+    ala = [a.index for a in ala2.topology.atoms() if a.residue.name == "ALA"]
+    assert ml_region_charge(mm) == 0.0
+    assert ml_region_charge(mm, ala) == 0.0
+    nonbonded = next(f for f in mm.getForces() if isinstance(f, openmm.NonbondedForce))
+    charge, sigma, epsilon = nonbonded.getParticleParameters(ala[0])
+    nonbonded.setParticleParameters(ala[0], charge - 1.0 * unit.elementary_charge, sigma, epsilon)
+    assert ml_region_charge(mm, ala) == -1.0
+    assert ml_region_charge(openmm.System()) == 0.0
 
 
 def test_xml_round_trip(so3lr64, ala2):

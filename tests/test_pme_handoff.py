@@ -150,18 +150,27 @@ def test_handoff_equals_reference(so3lr64):
 
 
 class _ChargeModel(torch.nn.Module):
-    """A cheap stand-in for SO3LR with position-dependent charges (SO3LR costs ~0.2 s per step here, too slow
-    for a 0.5 ps NVE test): soft harmonic O–H and H–H springs within each water (soft, so that Verlet's
-    energy fluctuation at 0.5 fs is small next to the drift being tested), charges
-    ``q_i = q0_Z + 0.05·Σ_j exp(−(r_ij/3 Å)²)`` shifted to sum to the total charge, and SO3LR's
-    electrostatics module on the minimum-image pairs within ``lr_cutoff`` (cubic boxes)."""
+    """A cheap stand-in for SO3LR with position-dependent charges: soft harmonic O–H and H–H springs within each
+    water (soft, so that Verlet's energy fluctuation at 0.5 fs is small next to the drift being tested), charges
+    ``q_i = q0_Z + 0.05·Σ_j exp(−(r_ij/3 Å)²)`` shifted to sum to the total charge, and SO3LR's electrostatics
+    module on the minimum-image pairs within ``lr_cutoff`` (cubic boxes). q0 is −0.4 e for O and +0.2 e for H,
+    half of TIP3P's: the dilute waters of the test box cluster, and with TIP3P-sized charges that heats the box
+    from 300 to ~1000 K within 2 ps, which shifts Verlet's energy offset (∝ dt²·temperature) enough to look like
+    a drift of ~8e-4 kJ/mol/ps/atom; with half the charges the box stays within ~100 K of 300 K.
+
+    Why not SO3LR itself (measured on a loaded 2-core machine, float64, TorchForce, Reference platform): the
+    pretrained model costs 20 ms per step for 8 waters (2 ps: 80 s) and 54 ms per call for the 27 waters; a
+    small randomly initialised SO3LR-architecture model (16 features, 1 layer, lmax 2) costs 6-7 ms per step,
+    but its charges hardly depend on the positions (rms change 2e-5 e for a 0.05 Å displacement, against
+    0.013 e for the pretrained SO3LR), so it would not exercise the ``q q − q* q*`` term or its chain rule.
+    """
 
     def __init__(self, lr_cutoff=12.0):
         super().__init__()
         self.lr_cutoff = lr_cutoff
         self.supported_elements = [1, 8]
         self.electrostatics = Electrostatics(lr_cutoff)
-        self.register_buffer("reference_charges", torch.tensor([0.0, 0.4, 0, 0, 0, 0, 0, 0, -0.8],
+        self.register_buffer("reference_charges", torch.tensor([0.0, 0.2, 0, 0, 0, 0, 0, 0, -0.4],
                                                                dtype=torch.float64))
         self.scale = torch.nn.Parameter(torch.ones((), dtype=torch.float64), requires_grad=False)
 
@@ -190,30 +199,42 @@ class _ChargeModel(torch.nn.Module):
         return {"energy": springs.reshape(1) + elec, "energy_elec": elec, "partial_charges": q}
 
 
-def test_handoff_nve_energy_conservation():
+def test_handoff_nve_energy_conservation(one_torch_thread):
     """Hand-off with position-dependent charges (:class:`_ChargeModel`), 27 waters in a 2.5 nm box, float64,
-    NVE 0.5 fs for 0.5 ps: total-energy drift < 1e-3 kJ/mol/ps per atom."""
+    NVE (OpenMM's leap-frog Verlet) at 0.5 fs for 2 ps: total-energy drift < 1e-3 kJ/mol/ps per atom.
+
+    Energy is conserved only if the forces of the hand-off together are the gradient of one smooth function of
+    the positions. Checked by hand, each breaks the bound by two orders of magnitude or more: refreshing q*
+    every 0.1 ps (drift −0.12 kJ/mol/ps/atom), the correction force without the switch of the model's in-cutoff
+    term (0.19), forces without the chain rule through q(R) (charges detached in the model's electrostatics:
+    0.46; with PythonForce, because openmm-torch 1.6's TorchForce differentiates through ``detach()``).
+    Removing the whole in-cutoff correction leaves a conservative (but less accurate) Hamiltonian and passes:
+    its accuracy is checked by test_handoff_equals_reference."""
     positions, box, numbers = _water_box(seed=3)
     model = _ChargeModel()
-    # a coarser PME grid than the default keeps the test fast; conservation does not depend on it
-    system, handoff = _handoff_system(model, numbers, positions, box, switch_distance=0.9,
-                                      ewald_error_tolerance=1e-3)
+    # a coarser PME grid than the default keeps the test fast; conservation does not depend on it. TorchForce,
+    # when it works here, saves the Python call of a PythonForce (~15 % of a step).
+    system, handoff = _handoff_system(model, numbers, positions, box, ewald_error_tolerance=1e-3, backend="auto")
     integrator = openmm.VerletIntegrator(0.5 * unit.femtosecond)
     context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
     context.setPositions(positions)
     context.setVelocitiesToTemperature(300 * unit.kelvin, 5)
     times, totals = [], []
-    for block in range(26):
+    # every State with energies costs one more force evaluation: 20 steps between them add 5 %
+    for block in range(201):
         if block:
-            integrator.step(40)
-        state = context.getState(getEnergy=True, getPositions=block == 25)
+            integrator.step(20)
+        state = context.getState(getEnergy=True, getPositions=block == 200)
         times.append(state.getTime().value_in_unit(unit.picosecond))
         totals.append((state.getPotentialEnergy() + state.getKineticEnergy()).value_in_unit(unit.kilojoule_per_mole))
+    assert times[-1] == pytest.approx(2.0)
     final = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
     moved = handoff.model_charges(final, box) - handoff.charges
-    assert np.abs(moved).max() > 1e-3  # the charges moved away from q*, so the q q − q* q* term is exercised
+    assert np.abs(moved).max() > 1e-2  # the charges moved away from q*, so the q q − q* q* term is exercised
     # the first 20 fs hold Verlet's start-up transient (the same with the model's own electrostatics)
-    slope = np.polyfit(times[1:], totals[1:], 1)[0]
+    times, totals = np.array(times), np.array(totals)
+    late = times > 0.02
+    slope = np.polyfit(times[late], totals[late], 1)[0]
     assert abs(slope) / system.getNumParticles() < 1e-3
     assert np.std(totals) < 0.1
 

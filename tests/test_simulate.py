@@ -14,7 +14,7 @@ TINY = ["--steps", "6", "--equilibration-steps", "2", "--report-interval", "3", 
         "--no-progress"]
 
 
-def test_main_job_alanine_dipeptide_in_water(tmp_path, capsys):
+def test_main_job_alanine_dipeptide_in_water(tmp_path, capsys, one_torch_thread):
     out = tmp_path / "run"
     assert main(["simulate", ALA2, "-o", str(out)] + TINY) == 0
     assert sorted(os.listdir(out)) == ["final.pdb", "log.csv", "trajectory.dcd"]

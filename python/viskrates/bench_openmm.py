@@ -8,11 +8,13 @@ Systems (issue 4, "Performance in OpenMM"):
 * ``water``: a periodic box of 1,000 TIP3P waters (3,000 atoms), everything SO3LR, with the PME hand-off of
   its electrostatics (:func:`viskrates.openmm.add_pme_handoff`), 0.5 fs.
 
-The ML/MM systems are built by the main job's :func:`viskrates.simulate.build_system` (PDBFixer, Modeller,
+The ML/MM systems are prepared once by the main job's :func:`viskrates.simulate.prepare_system` (PDBFixer, Modeller,
 amber14, 1 nm of water but a box at least twice SO3LR's 12 Å long-range cutoff wide), the water box by
-:func:`build_water_system` (OpenMM's Modeller). Each system is built and minimised once; then, for each force backend
-(``torch``: openmm-torch's ``TorchForce``, ``python``: ``openmm.PythonForce``), the SO3LR force is added
-(:func:`viskrates.openmm.create_force`), a Context is created, velocities are drawn at 300 K, the
+:func:`build_water_system` (OpenMM's Modeller). Then, for each force backend (``torch``: openmm-torch's ``TorchForce``,
+``python``: ``openmm.PythonForce``), the System is built with that backend: for ML/MM by the main job's
+:func:`viskrates.simulate.create_system` (so the rows time the main job's System, with the benchmark's model kernels
+and precision), for the water box with :func:`viskrates.openmm.add_pme_handoff`. The first row minimises, the
+others start from its minimised positions; a Context is created, velocities are drawn at 300 K, the
 Langevin (``LangevinMiddleIntegrator``, 1/ps) integrator runs some warm-up steps (TorchScript's profiling
 executor recompiles a module during its first three calls, so use at least 3) and then the timed MD steps.
 
@@ -56,13 +58,16 @@ import platform as platform_module
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import openmm
 import openmm.app
 import openmm.unit as unit
 import torch
+
+if TYPE_CHECKING:
+    from .simulate import SimulationSettings
 
 SYSTEMS = ("alanine-dipeptide", "chignolin", "water")
 FORCE_BACKENDS = ("torch", "python")
@@ -113,21 +118,27 @@ _OPENMM_DEFAULTS = {"systems": list(SYSTEMS), "force_backends": list(FORCE_BACKE
 
 @dataclasses.dataclass
 class BuiltSystem:
-    """A benchmark system without its ML force, and what is needed to add one.
+    """A benchmark system without its ML force, and what is needed to build the System of a row
+    (:func:`add_ml_force`).
 
-    ``system`` holds the classical forces only (all in group 0); ``positions`` [N, 3] nm; ``ml_atoms`` the
-    indices of the ML atoms (all atoms for the full-ML box), ``atomic_numbers`` theirs; ``total_charge`` the
-    ML region's net charge (e); ``full_ml`` selects the PME hand-off instead of mechanical embedding.
+    ``positions`` [N, 3] nm; ``ml_atoms`` the indices of the ML atoms (all atoms for the full-ML box),
+    ``atomic_numbers`` theirs; ``full_ml`` selects the PME hand-off instead of mechanical embedding. Full-ML box:
+    ``system`` holds masses, box and a centre-of-mass motion remover, ``total_charge`` is the box's net charge (e).
+    ML/MM: ``settings`` and ``topology`` are the main job's, from which :func:`viskrates.simulate.create_system`
+    builds the System (``system`` is None); ``total_charge`` is the ML region's force-field net charge (e), which
+    openmm-ml also gives the model.
     """
 
     spec: SystemSpec
-    system: openmm.System
+    system: Optional[openmm.System]
     positions: np.ndarray
     ml_atoms: List[int]
     atomic_numbers: List[int]
     total_charge: float
     lr_cutoff: float
     full_ml: bool
+    settings: Optional["SimulationSettings"] = None
+    topology: Optional[openmm.app.Topology] = None
 
 
 def default_structure_dir() -> Optional[str]:
@@ -140,45 +151,32 @@ def default_structure_dir() -> Optional[str]:
     return None
 
 
-def _classical_only(system: openmm.System) -> openmm.System:
-    """``system`` without its ML forces (PythonForce/TorchForce), all remaining forces in group 0."""
-    for index in reversed(range(system.getNumForces())):
-        if _is_ml_force(system.getForce(index)):
-            system.removeForce(index)
-    for force in system.getForces():
-        force.setForceGroup(0)
-    return system
-
-
 def _is_ml_force(force: openmm.Force) -> bool:
     return isinstance(force, openmm.PythonForce) or type(force).__name__ == "TorchForce"
 
 
 def build_mlmm_system(spec: SystemSpec, structure_dir: str, lr_cutoff: float = LR_CUTOFF) -> BuiltSystem:
-    """Solvate ``spec.structure`` and build its amber14/TIP3P System with the protein as ML region, through the main
-    job's :func:`viskrates.simulate.build_system`; the ML force that openmm-ml added is removed again (the
-    benchmark adds its own per backend).
+    """Solvate ``spec.structure`` with the protein as ML region, through the main job's
+    :func:`viskrates.simulate.prepare_system`; the rows build their Systems from it (:func:`add_ml_force`).
 
     Raises:
         FileNotFoundError: the structure is not in ``structure_dir``.
-        ValueError: see :func:`viskrates.simulate.build_system`.
+        ValueError: see :func:`viskrates.simulate.prepare_system`, and a protein whose force-field charges do not
+            add up to an integer.
     """
-    import openmmml  # noqa: F401  (first: its import loads our plugin module through its entry points)
-
-    from .openmm import topology_atomic_numbers
-    from .openmm.mlpotential import _ml_region_charge
-    from .simulate import SimulationSettings, build_system
+    from .openmm import ml_region_charge, topology_atomic_numbers
+    from .simulate import SimulationSettings, forcefield, prepare_system
 
     path = os.path.join(structure_dir, spec.structure)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"structure {path!r} of the {spec.name} benchmark does not exist; give the folder "
                                 "holding it with --structure-dir (the repository's examples/structures)")
     settings = SimulationSettings(structure=path, ml_region="protein", lr_cutoff_angstrom=lr_cutoff, progress=False)
-    topology, positions, system, ml_atoms = build_system(settings)
-    system = _classical_only(system)
-    return BuiltSystem(spec, system, np.array(positions.value_in_unit(unit.nanometer)), list(ml_atoms),
-                       topology_atomic_numbers(topology, ml_atoms), _ml_region_charge(system, ml_atoms), lr_cutoff,
-                       full_ml=False)
+    topology, positions, ml_atoms = prepare_system(settings)
+    charges = forcefield().createSystem(topology)
+    return BuiltSystem(spec, None, np.array(positions.value_in_unit(unit.nanometer)), list(ml_atoms),
+                       topology_atomic_numbers(topology, ml_atoms), ml_region_charge(charges, ml_atoms), lr_cutoff,
+                       full_ml=False, settings=settings, topology=topology)
 
 
 def build_water_system(spec: SystemSpec, n_atoms: int) -> BuiltSystem:
@@ -220,7 +218,12 @@ def make_model(built: BuiltSystem, model_backend: str, dtype: torch.dtype) -> to
 
 
 def add_ml_force(built: BuiltSystem, model: torch.nn.Module, force_backend: str):
-    """A copy of ``built.system`` with the SO3LR force of ``force_backend`` in group :data:`ML_GROUP`.
+    """The System of a row: ``built``'s System with the SO3LR force of ``force_backend`` in group :data:`ML_GROUP`,
+    every other force in group 0.
+
+    ML/MM: the main job's System (:func:`viskrates.simulate.create_system`), whose openmm-ml force holds an SO3LR
+    of ``model``'s kernels and precision; full-ML box: a copy of ``built.system`` with the PME hand-off of
+    ``model``.
 
     Returns:
         ``(system, openmm_model)``: the System and the (unscripted) :class:`viskrates.openmm.OpenMMModel` whose
@@ -230,19 +233,21 @@ def add_ml_force(built: BuiltSystem, model: torch.nn.Module, force_backend: str)
     Raises:
         RuntimeError: ``force_backend='torch'`` without a working openmm-torch.
     """
-    from .openmm import OpenMMModel, add_pme_handoff, create_force
+    from .openmm import OpenMMModel, add_pme_handoff
+    from .simulate import create_system
 
-    system = copy.deepcopy(built.system)
-    ml_index = system.getNumForces()
     if built.full_ml:
+        system = copy.deepcopy(built.system)
         handoff = add_pme_handoff(system, model, built.atomic_numbers, built.positions,
                                   total_charge=built.total_charge, backend=force_backend)
         openmm_model = handoff.openmm_model
     else:
-        system.addForce(create_force(model, built.atomic_numbers, built.ml_atoms, total_charge=built.total_charge,
-                                     periodic=True, backend=force_backend))
+        precision = "double" if next(model.parameters()).dtype == torch.float64 else "single"
+        settings = dataclasses.replace(built.settings, precision=precision, model_backend=model.network.backend)
+        system = create_system(settings, built.topology, built.positions, built.ml_atoms, backend=force_backend)
         openmm_model = OpenMMModel(model, built.atomic_numbers, built.total_charge, periodic=True).eval()
-    system.getForce(ml_index).setForceGroup(ML_GROUP)
+    for force in system.getForces():
+        force.setForceGroup(ML_GROUP if _is_ml_force(force) else 0)
     return system, openmm_model
 
 
@@ -393,7 +398,7 @@ def benchmark_system(built: BuiltSystem, force_backends: Sequence[str], model_ba
     n_warmup = spec.warmup_steps if warmup_steps is None else warmup_steps
     n_minimize = spec.minimize_iterations if minimize_iterations is None else minimize_iterations
     model = make_model(built, model_backend, dtype)
-    info = {"system": spec.name, "n_atoms": built.system.getNumParticles(), "n_ml_atoms": len(built.ml_atoms),
+    info = {"system": spec.name, "n_atoms": len(built.positions), "n_ml_atoms": len(built.ml_atoms),
             "timestep_fs": spec.timestep_fs, "steps": n_steps}
     start_positions, timer, results = None, ModelTimer(), []
     for backend in force_backends:

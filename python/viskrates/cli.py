@@ -14,7 +14,8 @@ def _simulate(args: argparse.Namespace) -> int:
         fix=not args.no_fix, ph=args.ph, padding_nm=args.padding, ionic_strength_molar=args.ionic_strength,
         temperature_k=args.temperature, timestep_fs=args.timestep, minimize_iterations=args.minimize_iterations,
         equilibration_steps=args.equilibration_steps, steps=args.steps, report_interval=args.report_interval,
-        precision=args.precision, platform=args.platform, seed=args.seed, progress=not args.no_progress,
+        precision=args.precision, model_backend=args.model_backend, platform=args.platform, seed=args.seed,
+        progress=not args.no_progress,
         membrane=args.membrane, membrane_center_z_nm=args.membrane_center_z, membrane_barostat=not args.no_barostat,
         hydrogen_mass_amu=args.hmr, lr_cutoff_angstrom=args.lr_cutoff)
     summary = run_simulation(settings)
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--steps", type=int, default=defaults["steps"], help="production steps (default: %(default)s)")
     sim.add_argument("--report-interval", type=int, default=defaults["report_interval"], help="steps between frames (default: %(default)s)")
     sim.add_argument("--precision", default="single", choices=["single", "double"], help="ML model precision")
+    sim.add_argument("--model-backend", default=defaults["model_backend"], choices=["fused", "reference"],
+                     help="kernels of the ML model: the viskrates ops or pure PyTorch, same forces up to rounding "
+                          "(default: %(default)s)")
     sim.add_argument("--platform", default=defaults["platform"], help="OpenMM platform (default: %(default)s)")
     sim.add_argument("--seed", type=int, default=defaults["seed"], help="random seed (default: %(default)s)")
     sim.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -49,6 +49,9 @@ class SimulationSettings:
     steps: int = 1000
     report_interval: int = 100
     precision: str = "single"
+    # kernels of the ML model: 'fused' (the viskrates ops) or 'reference' (pure PyTorch, the models' own default);
+    # the same forces up to rounding, fused ~1.6x faster for alanine dipeptide's 22 ML atoms; None: the model's own
+    model_backend: Optional[str] = "fused"
     platform: str = "CPU"
     seed: int = 2024
     progress: bool = True
@@ -164,21 +167,39 @@ def select_ml_atoms(topology: app.Topology, n_solute_atoms: int, ml_region: str)
     return selected
 
 
-def build_system(settings: SimulationSettings):
-    """Prepare the structure, solvate it (or embed it in a bilayer) and build the ML/MM System.
+def build_system(settings: SimulationSettings, backend: str = "python"):
+    """Prepare the structure, solvate it (or embed it in a bilayer) and build the ML/MM System:
+    :func:`prepare_system`, then :func:`create_system`.
+
+    Args:
+        settings: the job's settings.
+        backend: of the ML force, ``'python'`` (``openmm.PythonForce``), ``'torch'`` (``openmmtorch.TorchForce``)
+            or ``'auto'``; see :func:`viskrates.openmm.create_force`.
 
     Returns:
         ``(topology, positions, system, ml_atoms)``.
 
     Raises:
-        ValueError: see :func:`prepare_structure`, :func:`select_ml_atoms` and :func:`embed_in_membrane`; a
-            solute whose force-field net charge is not an integer (it cannot be neutralised); elements the
-            model does not support.
+        ValueError: see :func:`prepare_system` and :func:`create_system`.
+        RuntimeError: ``backend='torch'`` without a working openmm-torch.
     """
-    from openmmml import MLPotential
+    topology, positions, ml_atoms = prepare_system(settings)
+    return topology, positions, create_system(settings, topology, positions, ml_atoms, backend), ml_atoms
 
-    # amber14-all.xml includes lipid17 (the lipids of OpenMM's membrane patches)
-    forcefield = app.ForceField("amber14-all.xml", "amber14/tip3p.xml")
+
+def prepare_system(settings: SimulationSettings):
+    """Prepare the structure, solvate it (or embed it in a bilayer) and select the ML region.
+
+    Returns:
+        ``(topology, positions, ml_atoms)``: the solvated Topology, its positions (Quantity) and the indices of
+        the ML atoms.
+
+    Raises:
+        ValueError: see :func:`prepare_structure`, :func:`select_ml_atoms` and :func:`embed_in_membrane`; a
+            solute whose force-field net charge is not an integer (it cannot be neutralised); SO3LR on every atom
+            of a system that needs sodium ions.
+    """
+    mm_forcefield = forcefield()
     if settings.structure is None:
         if settings.membrane is None:
             raise ValueError("a structure file is needed (only a pure lipid bilayer, --membrane, can do without)")
@@ -188,7 +209,7 @@ def build_system(settings: SimulationSettings):
         topology, positions, n_solute = pure_bilayer(settings)
     else:
         topology, positions = prepare_structure(settings.structure, settings.fix, settings.ph)
-        charge = _net_charge(forcefield, topology)
+        charge = _net_charge(mm_forcefield, topology)
         if abs(charge - round(charge)) > 1e-3:
             raise ValueError(f"the solute's force-field net charge is {charge:.4f} e, not an integer, so it cannot be "
                              "neutralised with ions; check protonation states and non-standard residues")
@@ -200,29 +221,58 @@ def build_system(settings: SimulationSettings):
                              f"which this system needs (net charge {charge:+.0f} e, ionic strength "
                              f"{settings.ionic_strength_molar} M): use the default ML region (the protein) instead")
         if settings.membrane is not None:
-            topology, positions = embed_in_membrane(topology, positions, forcefield, settings)
+            topology, positions = embed_in_membrane(topology, positions, mm_forcefield, settings)
         else:
-            topology, positions = _solvate(topology, positions, forcefield, settings)
+            topology, positions = _solvate(topology, positions, mm_forcefield, settings)
     _check_box(topology, settings)
     ml_atoms = select_ml_atoms(topology, n_solute, settings.ml_region)
 
+    return topology, positions, ml_atoms
+
+
+def create_system(settings: SimulationSettings, topology: app.Topology, positions, ml_atoms: List[int],
+                  backend: str = "python") -> openmm.System:
+    """The System of a prepared structure (:func:`prepare_system`): amber14/TIP3P with PME for the MM atoms and the
+    ML model (``settings.model``, ``settings.precision``, ``settings.model_backend``) on ``ml_atoms`` through
+    openmm-ml's mechanical embedding; with ``ml_region == 'all'`` a fully ML System (SO3LR: with the PME hand-off
+    of its electrostatics); a membrane barostat for membranes.
+
+    Args:
+        backend: of the ML force, see :func:`build_system`.
+
+    Raises:
+        ValueError: elements the model does not support.
+        RuntimeError: ``backend='torch'`` without a working openmm-torch.
+    """
+    from openmmml import MLPotential
+
+    ml_args = {"precision": settings.precision, "backend": backend}
+    if settings.model_backend is not None:
+        ml_args["modelBackend"] = settings.model_backend
     potential = MLPotential(settings.model, lrCutoff=settings.lr_cutoff_angstrom)
     if settings.ml_region == "all" and settings.model == "so3lr":
-        system = _full_ml_pme_system(topology, positions, settings)
+        system = _full_ml_pme_system(topology, positions, settings, backend)
     elif settings.ml_region == "all":
-        system = potential.createSystem(topology, precision=settings.precision)
+        system = potential.createSystem(topology, **ml_args)
         _repartition_hydrogen_mass(system, topology, settings.hydrogen_mass_amu)
     else:
         hydrogen_mass = None if settings.hydrogen_mass_amu is None else settings.hydrogen_mass_amu * unit.amu
-        mm_system = forcefield.createSystem(topology, nonbondedMethod=app.PME, nonbondedCutoff=1.0 * unit.nanometer,
-                                            constraints=app.HBonds, rigidWater=True, hydrogenMass=hydrogen_mass)
+        mm_system = forcefield().createSystem(topology, nonbondedMethod=app.PME,
+                                               nonbondedCutoff=1.0 * unit.nanometer, constraints=app.HBonds,
+                                               rigidWater=True, hydrogenMass=hydrogen_mass)
         # openmm-ml removes the constraints between ML atoms (removeConstraints=True): ML bonds stay flexible
-        system = potential.createMixedSystem(topology, mm_system, ml_atoms, precision=settings.precision)
+        system = potential.createMixedSystem(topology, mm_system, ml_atoms, **ml_args)
     if settings.membrane is not None and settings.membrane_barostat:
         system.addForce(openmm.MonteCarloMembraneBarostat(
             1.0 * unit.bar, 0.0 * unit.bar * unit.nanometer, settings.temperature_k * unit.kelvin,
             openmm.MonteCarloMembraneBarostat.XYIsotropic, openmm.MonteCarloMembraneBarostat.ZFree))
-    return topology, positions, system, ml_atoms
+    return system
+
+
+def forcefield() -> app.ForceField:
+    """The main job's force field for the MM atoms: amber14-all (proteins, nucleic acids and lipid17, the lipids of
+    OpenMM's membrane patches) with TIP3P water and ions."""
+    return app.ForceField("amber14-all.xml", "amber14/tip3p.xml")
 
 
 def _solvate(topology: app.Topology, positions, forcefield: app.ForceField, settings: SimulationSettings):
@@ -341,7 +391,8 @@ def _repartition_hydrogen_mass(system: openmm.System, topology: app.Topology, hy
         system.setParticleMass(atom1.index, heavy * unit.amu)
 
 
-def _full_ml_pme_system(topology: app.Topology, positions, settings: SimulationSettings) -> openmm.System:
+def _full_ml_pme_system(topology: app.Topology, positions, settings: SimulationSettings,
+                        backend: str) -> openmm.System:
     """A fully SO3LR System whose electrostatics are the periodic Ewald sum of SO3LR's charges, via the PME
     hand-off (:func:`viskrates.openmm.add_pme_handoff`) instead of SO3LR's shifted-force truncation.
 
@@ -359,9 +410,10 @@ def _full_ml_pme_system(topology: app.Topology, positions, settings: SimulationS
     for atom in topology.atoms():
         system.addParticle(atom.element.mass)
     system.setDefaultPeriodicBoxVectors(*topology.getPeriodicBoxVectors())
-    model = SO3LR(lr_cutoff=settings.lr_cutoff_angstrom).to(torch.float64 if settings.precision == "double"
-                                                              else torch.float32)
-    add_pme_handoff(system, model, topology_atomic_numbers(topology), positions)
+    kernels = {} if settings.model_backend is None else {"backend": settings.model_backend}
+    model = SO3LR(lr_cutoff=settings.lr_cutoff_angstrom, **kernels).to(
+        torch.float64 if settings.precision == "double" else torch.float32)
+    add_pme_handoff(system, model, topology_atomic_numbers(topology), positions, backend=backend)
     _repartition_hydrogen_mass(system, topology, settings.hydrogen_mass_amu)
     system.addForce(openmm.CMMotionRemover())
     return system

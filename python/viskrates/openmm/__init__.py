@@ -9,6 +9,9 @@ __all__ = ["OpenMMModel", "check_elements", "create_force", "topology_atomic_num
 from .pme import PMEHandoff, add_pme_handoff
 
 __all__ += ["PMEHandoff", "add_pme_handoff"]
-from .chargeembedding import ChargeEmbeddedModel, ChargeEmbedding
+from .chargeembedding import ChargeEmbeddedModel, ChargeEmbedding, WaterBox, water_box_with_ml_waters
 
-__all__ += ["ChargeEmbeddedModel", "ChargeEmbedding"]
+__all__ += ["ChargeEmbeddedModel", "ChargeEmbedding", "WaterBox", "water_box_with_ml_waters"]
+from .mlpotential import ml_region_charge
+
+__all__ += ["ml_region_charge"]

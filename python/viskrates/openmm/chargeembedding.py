@@ -56,7 +56,7 @@ embedding a link atom's ML charge and the MM charges of the bonded neighbours (1
 force field excludes) would need a charge-redistribution scheme that SO3LR was not trained for. Select
 whole molecules (e.g. a ligand and water molecules) as the ML region.
 """
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import openmm
@@ -71,6 +71,7 @@ from ..physics.zbl import COULOMB_CONSTANT
 from ..units import EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM
 from .force import OpenMMModel, create_force
 from .mlpotential import ViskratesPotentialImpl
+from .pme import FixedChargeRefresh
 
 _METHOD_NAMES = {getattr(openmm.NonbondedForce, name): name
                  for name in ("NoCutoff", "CutoffNonPeriodic", "CutoffPeriodic", "Ewald", "PME", "LJPME")}
@@ -149,12 +150,12 @@ def _minimum_image(vectors: Tensor, box: Tensor) -> Tensor:
     return vectors - torch.round(vectors[..., 0:1] / box[0, 0]) * box[0]
 
 
-class ChargeEmbedding(Embedding):
+class ChargeEmbedding(Embedding, FixedChargeRefresh):
     """The ``viskrates_charge`` embedding of openmm-ml (module docstring), and the q* refresh of its System.
 
     ``MLPotential('so3lr').createMixedSystem(topology, system, atoms, embedding='viskrates_charge',
     returnInfo=True, positions=..., ...)`` returns a dict whose ``'chargeEmbedding'`` entry is this object.
-    Arguments understood besides those of the potential (precision, charge, backend, see
+    Arguments understood besides those of the potential (precision, charge, backend, modelBackend, see
     :class:`~viskrates.openmm.mlpotential.ViskratesPotentialImpl`):
 
     * ``positions``: [n_particles, 3] nm (array or Quantity). q* are the model's charges at these positions.
@@ -250,9 +251,10 @@ class ChargeEmbedding(Embedding):
 
     def _add_forces(self, potential, topology: openmm.app.Topology, system: openmm.System, atoms: List[int],
                     force_group: int, cutoff: float, positions: Optional[np.ndarray],
-                    precision: str = "single", charge: Optional[float] = None, backend: str = "python", **_):
+                    precision: str = "single", charge: Optional[float] = None, backend: str = "python",
+                    modelBackend: Optional[str] = None, **_):
         nonbonded = next(f for f in system.getForces() if isinstance(f, openmm.NonbondedForce))
-        model, numbers, charge = potential.create_model_for(topology, system, atoms, precision, charge)
+        model, numbers, charge = potential.create_model_for(topology, system, atoms, precision, charge, modelBackend)
         ml_set = set(atoms)
         ff_charges = np.array([nonbonded.getParticleParameters(i)[0].value_in_unit(openmm.unit.elementary_charge)
                                for i in range(system.getNumParticles())])
@@ -303,31 +305,8 @@ class ChargeEmbedding(Embedding):
                                                         torch.tensor(np.asarray(box_vectors), dtype=dtype))
         return charges.double().numpy()
 
-    def set_charges(self, charges: Sequence[float], context: Optional[openmm.Context] = None) -> None:
-        """Use ``charges`` ([n_ML] e) as q* in the NonbondedForce and the correction (and in ``context``).
-
-        Raises:
-            ValueError: a wrong number of charges.
-        """
-        charges = np.asarray(charges, dtype=np.float64)
-        if charges.shape != (len(self.atoms),):
-            raise ValueError(f"expected {len(self.atoms)} charges, got shape {charges.shape}")
-        for atom, charge in zip(self.atoms, charges):
-            _, sigma, epsilon = self.nonbonded_force.getParticleParameters(atom)
-            self.nonbonded_force.setParticleParameters(atom, float(charge), sigma, epsilon)
-            self.correction_force.setParticleParameters(atom, [float(charge)])
-        self.charges = charges
-        if context is not None:
-            self.nonbonded_force.updateParametersInContext(context)
-            self.correction_force.updateParametersInContext(context)
-
-    def refresh_charges(self, context: openmm.Context) -> np.ndarray:
-        """Set q* to the model's charges at the Context's current positions; returns them (e)."""
-        state = context.getState(getPositions=True)
-        box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(openmm.unit.nanometer)
-        charges = self.model_charges(state.getPositions(asNumpy=True).value_in_unit(openmm.unit.nanometer), box)
-        self.set_charges(charges, context)
-        return charges
+    def _charge_forces(self) -> Tuple[openmm.NonbondedForce, openmm.CustomNonbondedForce]:
+        return self.nonbonded_force, self.correction_force
 
 
 class ChargeEmbeddingFactory(EmbeddingFactory):
@@ -355,3 +334,58 @@ def _nanometers(value) -> float:
     if isinstance(value, openmm.unit.Quantity):
         return float(value.value_in_unit(openmm.unit.nanometer))
     return float(value)
+
+
+class WaterBox(NamedTuple):
+    """A solvent box with an ML region, as :func:`water_box_with_ml_waters` builds it."""
+
+    topology: openmm.app.Topology
+    system: openmm.System       # the force field's System (no ML force yet)
+    positions: np.ndarray       # [n_particles, 3] float64, nm
+    box: np.ndarray             # [3, 3] float64, nm, rows are the box vectors
+    ml_atoms: List[int]         # System indices of the ML waters (O, H, H per water)
+
+
+def water_box_with_ml_waters(box_edge: float = 1.8, cutoff: float = 0.8, ml_waters: int = 2,
+                             ewald_error_tolerance: float = 1e-6, rigid_water: bool = False) -> WaterBox:
+    """A cubic box of amber14 TIP3P water whose ML region is a few neighbouring waters: the system on which the
+    ``viskrates_charge`` embedding is tested and measured (tests/test_charge_embedding.py,
+    examples/charge_embedding_accuracy.py).
+
+    OpenMM's Modeller fills the box with its pre-equilibrated TIP3P water; the System has PME electrostatics with
+    the given cutoff and Ewald tolerance, no dispersion correction (it would add a constant), flexible water
+    without constraints unless ``rigid_water``. The ML region is water 0 and the ``ml_waters − 1`` waters whose
+    oxygens are nearest to its oxygen (minimum image), water 0 first, then by distance.
+
+    Args:
+        box_edge: edge of the cubic box (nm).
+        cutoff: nonbonded cutoff (nm), at most half the box edge.
+        ml_waters: number of ML waters (≥ 1).
+        ewald_error_tolerance: of the force field's PME.
+        rigid_water: rigid TIP3P (SETTLE) instead of flexible water.
+
+    Raises:
+        ValueError: ``ml_waters`` below 1 or above the number of waters in the box, or a cutoff larger than half
+            the box edge.
+    """
+    if not 0.0 < cutoff <= 0.5 * box_edge:
+        raise ValueError(f"the cutoff must lie in (0, {0.5 * box_edge}] nm (half the box edge), got {cutoff} nm")
+    forcefield = openmm.app.ForceField("amber14-all.xml", "amber14/tip3p.xml")
+    modeller = openmm.app.Modeller(openmm.app.Topology(), [])
+    modeller.addSolvent(forcefield, boxSize=openmm.Vec3(box_edge, box_edge, box_edge) * openmm.unit.nanometer)
+    n_waters = modeller.topology.getNumResidues()
+    if not 1 <= ml_waters <= n_waters:
+        raise ValueError(f"ml_waters must lie in [1, {n_waters}] (the waters in the box), got {ml_waters}")
+    system = forcefield.createSystem(modeller.topology, nonbondedMethod=openmm.app.PME,
+                                     nonbondedCutoff=cutoff * openmm.unit.nanometer, rigidWater=rigid_water,
+                                     constraints=None, ewaldErrorTolerance=ewald_error_tolerance)
+    next(f for f in system.getForces() if isinstance(f, openmm.NonbondedForce)).setUseDispersionCorrection(False)
+    positions = np.array(modeller.getPositions().value_in_unit(openmm.unit.nanometer), dtype=np.float64)
+    waters = list(modeller.topology.residues())
+    oxygens = [next(atom.index for atom in water.atoms() if atom.element.symbol == "O") for water in waters]
+    separation = positions[oxygens] - positions[oxygens[0]]
+    separation -= np.round(separation / box_edge) * box_edge
+    # a stable sort keeps water 0 (distance 0) first
+    nearest = np.argsort(np.linalg.norm(separation, axis=1), kind="stable")[:ml_waters]
+    ml_atoms = [atom.index for index in nearest for atom in waters[index].atoms()]
+    return WaterBox(modeller.topology, system, positions, np.eye(3) * box_edge, ml_atoms)

@@ -16,11 +16,15 @@ from .force import create_force, topology_atomic_numbers
 _PRECISIONS = {"single": torch.float32, "double": torch.float64}
 
 
-def _ml_region_charge(system: openmm.System, atoms: Optional[Iterable[int]]) -> float:
-    """Net force-field charge of the ML atoms (e), rounded to an integer; 0 if the System has none.
+def ml_region_charge(system: openmm.System, atoms: Optional[Iterable[int]] = None) -> float:
+    """Net charge of the ML region (e) from the force field: the sum of the charges of ``atoms`` (System particle
+    indices; None: all particles) in the System's ``NonbondedForce``, rounded to an integer; 0 if the System has
+    no NonbondedForce. This is the total charge the ML potential is given when ``createSystem`` /
+    ``createMixedSystem`` get no ``charge`` argument (charge-aware models, SO3LR).
 
-    Raises ValueError when the force-field charges of the region do not add up to an integer, which
-    happens when the ML region splits a residue: the model needs an integer net charge.
+    Raises:
+        ValueError: the force-field charges of the region do not add up to an integer (to within 1e-3 e), which
+            happens when the ML region splits a residue: the model needs an integer net charge.
     """
     for force in system.getForces():
         if isinstance(force, openmm.NonbondedForce):
@@ -55,6 +59,9 @@ class ViskratesPotentialImpl(MLPotentialImpl):
         backend: ``'python'`` (default, ``openmm.PythonForce``), ``'torch'`` (``openmmtorch.TorchForce``;
             RuntimeError without a working openmm-torch) or ``'auto'``; see
             :func:`viskrates.openmm.create_force`.
+        modelBackend: the kernels of an SO3LR or ViSNet model, ``'reference'`` (default, pure PyTorch) or
+            ``'fused'`` (the viskrates ops: same energies and forces up to rounding, faster); ValueError for a
+            model loaded from a ``viskrates export`` file, whose kernels were fixed at export.
     """
 
     def __init__(self, name: str, modelPath: Optional[str] = None, modelConfig: Optional[dict] = None,
@@ -66,29 +73,33 @@ class ViskratesPotentialImpl(MLPotentialImpl):
         if name == "visnet" and modelPath is None:
             raise ValueError("MLPotential('visnet') needs modelPath=<ViSNet state dict .pt> and modelConfig")
 
-    def _create_model(self) -> torch.nn.Module:
+    def _create_model(self, model_backend: Optional[str] = None) -> torch.nn.Module:
         from ..models import SO3LR, ViSNet
         if self.modelPath is not None:
             from ..train.export import is_exported_model, load_exported
             if is_exported_model(self.modelPath):
+                if model_backend is not None:
+                    raise ValueError(f"{self.modelPath} is an exported model whose kernels were chosen at export "
+                                     f"(viskrates export --backend); do not pass modelBackend={model_backend!r}")
                 model, metadata = load_exported(self.modelPath)
                 if metadata["model"]["name"] != self.name:
                     raise ValueError(f"{self.modelPath} holds a trained {metadata['model']['name']!r} model, not "
                                      f"{self.name!r}; use MLPotential({metadata['model']['name']!r}, modelPath=...)")
                 self.trainedElements = metadata["elements"]
                 return model
+        kernels = {} if model_backend is None else {"backend": model_backend}
         if self.name == "so3lr":
-            return SO3LR(lr_cutoff=self.lrCutoff)
+            return SO3LR(lr_cutoff=self.lrCutoff, **kernels)
         if self.name == "so3krates":
             raise ValueError("MLPotential('so3krates') needs modelPath=<model exported by `viskrates export`>")
         state_dict = torch.load(self.modelPath, map_location="cpu", weights_only=True)
-        return ViSNet.from_pyg_state_dict(state_dict, **self.modelConfig)
+        return ViSNet.from_pyg_state_dict(state_dict, **{**self.modelConfig, **kernels})
 
     def addForces(self, topology: openmm.app.Topology, system: openmm.System, atoms: Optional[Iterable[int]],
                   forceGroup: int, precision: str = "single", charge: Optional[float] = None,
-                  backend: str = "python", **args):
+                  backend: str = "python", modelBackend: Optional[str] = None, **args):
         atoms = None if atoms is None else list(atoms)
-        model, numbers, charge = self.create_model_for(topology, system, atoms, precision, charge)
+        model, numbers, charge = self.create_model_for(topology, system, atoms, precision, charge, modelBackend)
         periodic = topology.getPeriodicBoxVectors() is not None
         force = create_force(model, numbers, atoms, total_charge=charge, periodic=periodic, backend=backend)
         force.setForceGroup(forceGroup)
@@ -96,20 +107,23 @@ class ViskratesPotentialImpl(MLPotentialImpl):
 
     def create_model_for(self, topology: openmm.app.Topology, system: openmm.System,
                          atoms: Optional[Iterable[int]], precision: str = "single",
-                         charge: Optional[float] = None) -> Tuple[torch.nn.Module, List[int], float]:
-        """The model (Å, eV) in the requested precision, the atomic numbers and the net charge of the ML atoms.
+                         charge: Optional[float] = None, model_backend: Optional[str] = None
+                         ) -> Tuple[torch.nn.Module, List[int], float]:
+        """The model (Å, eV) in the requested precision and kernels (``model_backend``, None: the model's
+        default), the atomic numbers and the net charge of the ML atoms.
 
         Raises:
-            ValueError: an unknown precision, a non-integer force-field charge of the region, or elements
-                outside an exported model's training data.
+            ValueError: an unknown precision or model backend, a model backend for an exported model, a
+                non-integer force-field charge of the region, or elements outside an exported model's training
+                data.
         """
         if precision not in _PRECISIONS:
             raise ValueError(f"precision must be 'single' or 'double', got {precision!r}")
         atoms = None if atoms is None else list(atoms)
         numbers = topology_atomic_numbers(topology, atoms)
         if charge is None:
-            charge = _ml_region_charge(system, atoms)
-        model = self._create_model().to(_PRECISIONS[precision])
+            charge = ml_region_charge(system, atoms)
+        model = self._create_model(model_backend).to(_PRECISIONS[precision])
         trained = getattr(self, "trainedElements", None)
         if trained is not None and not set(numbers) <= set(trained):
             raise ValueError(f"the ML region contains elements Z = {sorted(set(numbers) - set(trained))} that "

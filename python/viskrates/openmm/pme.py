@@ -35,7 +35,7 @@ OpenMM subtracts the excluded pairs' reciprocal-space part in its direct-space l
 """
 import copy
 import math
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import openmm
@@ -59,7 +59,46 @@ def _legal_fft_size(minimum: int) -> int:
         size += 1
 
 
-class PMEHandoff:
+class FixedChargeRefresh:
+    """The fixed charges q* of a hand-off and their refresh from the model (shared by :class:`PMEHandoff` and
+    :class:`~viskrates.openmm.chargeembedding.ChargeEmbedding`).
+
+    q* of the ML atoms ``self.atoms`` sit in two forces, returned by the subclass's ``_charge_forces()``: a
+    ``NonbondedForce`` (PME; the atoms' Lennard-Jones parameters are kept) and a ``CustomNonbondedForce`` whose
+    only per-particle parameter is ``qstar`` (the in-cutoff counter-term). The subclass also provides
+    ``model_charges(positions [n_particles, 3] nm, box_vectors [3, 3] nm) -> [n_ML] e``; ``self.charges`` holds
+    the current q* ([n_ML] NumPy array, e).
+    """
+
+    def set_charges(self, charges: Sequence[float], context: Optional[openmm.Context] = None) -> None:
+        """Use ``charges`` ([n_ML] e) as q* in both fixed-charge forces (and in ``context`` if given).
+
+        Raises:
+            ValueError: a wrong number of charges.
+        """
+        charges = np.asarray(charges, dtype=np.float64)
+        if charges.shape != (len(self.atoms),):
+            raise ValueError(f"expected {len(self.atoms)} charges, got shape {charges.shape}")
+        nonbonded, correction = self._charge_forces()
+        for atom, charge in zip(self.atoms, charges):
+            _, sigma, epsilon = nonbonded.getParticleParameters(atom)
+            nonbonded.setParticleParameters(atom, float(charge), sigma, epsilon)
+            correction.setParticleParameters(atom, [float(charge)])
+        self.charges = charges
+        if context is not None:
+            nonbonded.updateParametersInContext(context)
+            correction.updateParametersInContext(context)
+
+    def refresh_charges(self, context: openmm.Context) -> np.ndarray:
+        """Set q* to the model's charges at the Context's current positions and box; returns them (e)."""
+        state = context.getState(getPositions=True)
+        box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(openmm.unit.nanometer)
+        charges = self.model_charges(state.getPositions(asNumpy=True).value_in_unit(openmm.unit.nanometer), box)
+        self.set_charges(charges, context)
+        return charges
+
+
+class PMEHandoff(FixedChargeRefresh):
     """The forces of a periodic, fully ML SO3LR System with PME electrostatics, and its charge refresh.
 
     Build it with :func:`add_pme_handoff`. Attributes: ``ml_force`` (the SO3LR force without its own
@@ -93,26 +132,8 @@ class PMEHandoff:
                                                         torch.tensor(np.asarray(box_vectors), dtype=dtype))
         return charges.double().numpy()
 
-    def set_charges(self, charges: Sequence[float], context: Optional[openmm.Context] = None) -> None:
-        """Use ``charges`` ([n_ML] e) as q* in both fixed-charge forces (and in ``context`` if given)."""
-        charges = np.asarray(charges, dtype=np.float64)
-        if charges.shape != (len(self.atoms),):
-            raise ValueError(f"expected {len(self.atoms)} charges, got shape {charges.shape}")
-        for atom, charge in zip(self.atoms, charges):
-            self.reciprocal_force.setParticleParameters(atom, float(charge), 1.0, 0.0)
-            self.correction_force.setParticleParameters(atom, [float(charge)])
-        self.charges = charges
-        if context is not None:
-            self.reciprocal_force.updateParametersInContext(context)
-            self.correction_force.updateParametersInContext(context)
-
-    def refresh_charges(self, context: openmm.Context) -> np.ndarray:
-        """Set q* to the model's charges at the Context's current positions; returns them (e)."""
-        state = context.getState(getPositions=True)
-        box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(openmm.unit.nanometer)
-        charges = self.model_charges(state.getPositions(asNumpy=True).value_in_unit(openmm.unit.nanometer), box)
-        self.set_charges(charges, context)
-        return charges
+    def _charge_forces(self) -> Tuple[openmm.NonbondedForce, openmm.CustomNonbondedForce]:
+        return self.reciprocal_force, self.correction_force
 
 
 def add_pme_handoff(system: openmm.System, model: torch.nn.Module, atomic_numbers: Sequence[int], positions,
