@@ -17,7 +17,6 @@
 // atom's gradient is a sum over its own edges (one writer per output element, no atomics, deterministic).
 #pragma once
 
-#include <cmath>
 #include <cstdint>
 
 #include "kernel_common.h"
@@ -54,42 +53,6 @@ struct Params {
   T vdw_radius_factor;       // α_fs^(−4/21), R_vdW = α_fs^(−4/21)·α^(1/7)
 };
 
-template <typename T>
-VISKRATES_HD T lr_exp(T x) {
-#if defined(__CUDA_ARCH__)
-  return exp(x);
-#else
-  return std::exp(x);
-#endif
-}
-
-template <typename T>
-VISKRATES_HD T lr_erf(T x) {
-#if defined(__CUDA_ARCH__)
-  return erf(x);
-#else
-  return std::erf(x);
-#endif
-}
-
-template <typename T>
-VISKRATES_HD T lr_sqrt(T x) {
-#if defined(__CUDA_ARCH__)
-  return sqrt(x);
-#else
-  return std::sqrt(x);
-#endif
-}
-
-template <typename T>
-VISKRATES_HD T lr_pow(T x, T y) {
-#if defined(__CUDA_ARCH__)
-  return pow(x, y);
-#else
-  return std::pow(x, y);
-#endif
-}
-
 // The C∞ switch S(d; x_on, x_off) = σ(1−c)/(σ(1−c) + σ(c)), σ(t) = exp(−1/t) (0 for t ≤ 0),
 // c = (d − x_on)/(x_off − x_on), and dS/dd. Inside the switching region it is evaluated with one exponential
 // as S = 1/(1 + exp(z)), z = 1/(1−c) − 1/c, so dS/dc = −S(1−S)·(1/(1−c)² + 1/c²).
@@ -109,7 +72,7 @@ VISKRATES_HD void smooth_switch(T d, T x_on, T x_off, T* s, T* ds) {
     return;
   }
   const T a = T(1) / (T(1) - c), b = T(1) / c;
-  const T value = T(1) / (T(1) + lr_exp(a - b));
+  const T value = T(1) / (T(1) + math::exp(a - b));
   *s = value;
   *ds = -value * (T(1) - value) * (a * a + b * b) / width;
 }
@@ -118,9 +81,9 @@ VISKRATES_HD void smooth_switch(T d, T x_on, T x_off, T* s, T* ds) {
 template <typename T>
 VISKRATES_HD void coulomb_kernel(const Params<T>& p, T d, T* k, T* dk) {
   const T x = d * p.inv_sigma;
-  const T v = lr_erf(x) / d;
+  const T v = math::erf(x) / d;
   // V'(d) = 2·exp(−(d/σ)²)/(√π·σ·d) − V(d)/d
-  const T dv = (T(1.1283791670955126) * p.inv_sigma * lr_exp(-x * x) - v) / d;
+  const T dv = (T(1.1283791670955126) * p.inv_sigma * math::exp(-x * x) - v) / d;
   T f, df;
   smooth_switch(d, p.coulomb_switch_on, p.cutoff, &f, &df);
   const T offset = d - p.cutoff;
@@ -136,7 +99,7 @@ VISKRATES_HD T dispersion_pair(const Params<T>& p, T alpha_a, T alpha_b, T c6_a,
   const T alpha = T(0.5) * (alpha_a + alpha_b);
   const T denominator = alpha_a * alpha_a * c6_b + alpha_b * alpha_b * c6_a;
   const T c6 = T(2) * c6_a * c6_b * alpha_a * alpha_b / denominator;
-  const T root = lr_pow(alpha, T(1) / T(7));
+  const T root = math::pow(alpha, T(1) / T(7));
   const T r_vdw = p.vdw_radius_factor * root;
   const T sigma = ((T(kSigma3) * r_vdw + T(kSigma2)) * r_vdw + T(kSigma1)) * r_vdw + T(kSigma0);
   // C8 = 5·C6/γ and C10 = 245/8·C6/γ² with γ = 1/(2σ²)
@@ -186,7 +149,7 @@ VISKRATES_HD T edge_vector(const Params<T>& p, int64_t i, int64_t j, int64_t e, 
     const T* s = p.shifts + 3 * e;
     for (int a = 0; a < 3; ++a) v[a] = v[a] + (s[0] * p.box[a] + s[1] * p.box[3 + a] + s[2] * p.box[6 + a]);
   }
-  return lr_sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]);
+  return math::sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]);
 }
 
 // Forward of receiver i: the Coulomb and dispersion energies of the pairs (i, j), j > i, within r_c.
