@@ -53,6 +53,18 @@ struct Params {
   T vdw_radius_factor;       // α_fs^(−4/21), R_vdW = α_fs^(−4/21)·α^(1/7)
 };
 
+// Upstream gradients and outputs of the backward (long_range_atom_backward), all rows indexed by atom.
+template <typename T>
+struct Gradients {
+  const T* coulomb;      // [N] dL/de_c of the per-atom Coulomb energies
+  const T* dispersion;   // [N] dL/de_d of the per-atom dispersion energies
+  T* positions;          // [N, 3] dL/dR
+  T* charges;            // [N] dL/dq
+  T* polarizabilities;   // [N] dL/dα
+  T* c6;                 // [N] dL/dC6
+  T* box_partials;       // [N, 3, 3] each atom's share of dL/dbox, or nullptr (not wanted)
+};
+
 // The C∞ switch S(d; x_on, x_off) = σ(1−c)/(σ(1−c) + σ(c)), σ(t) = exp(−1/t) (0 for t ≤ 0),
 // c = (d − x_on)/(x_off − x_on), and dS/dd. Inside the switching region it is evaluated with one exponential
 // as S = 1/(1 + exp(z)), z = 1/(1−c) − 1/c, so dS/dc = −S(1−S)·(1/(1−c)² + 1/c²).
@@ -174,13 +186,12 @@ VISKRATES_HD void long_range_atom(const Params<T>& p, int64_t i, T* coulomb_ener
   dispersion_energies[i] = dispersion;
 }
 
-// Backward of receiver i from the upstream gradients g_c, g_d [N] of the per-atom energies: dL/dR_i,
-// dL/dq_i, dL/dα_i and dL/dC6_i summed over all its pairs, each pair weighted by the gradient of the atom
-// that owns its energy, and (box_partial non-null) atom i's share of dL/dbox [3, 3] from the pairs it owns.
+// Backward of receiver i from the upstream gradients g.coulomb, g.dispersion of the per-atom energies:
+// dL/dR_i, dL/dq_i, dL/dα_i and dL/dC6_i summed over all its pairs, each pair weighted by the gradient of the
+// atom that owns its energy, and (g.box_partials non-null) atom i's share of dL/dbox [3, 3] from the pairs it
+// owns. Writes row i of every output of g.
 template <typename T>
-VISKRATES_HD void long_range_atom_backward(const Params<T>& p, int64_t i, const T* g_coulomb, const T* g_dispersion,
-                                           T* grad_positions, T* grad_charges, T* grad_polarizabilities, T* grad_c6,
-                                           T* box_partial) {
+VISKRATES_HD void long_range_atom_backward(const Params<T>& p, const Gradients<T>& g, int64_t i) {
   T gq = T(0), galpha = T(0), gc6 = T(0);
   T gr[3] = {T(0), T(0), T(0)};
   T gbox[9] = {T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0)};
@@ -192,7 +203,7 @@ VISKRATES_HD void long_range_atom_backward(const Params<T>& p, int64_t i, const 
     const T d = edge_vector(p, i, j, e, v);
     if (!(d < p.cutoff)) continue;
     const int64_t owner = j > i ? i : j;
-    const T w_coulomb = g_coulomb[owner] * p.coulomb_constant, w_dispersion = g_dispersion[owner];
+    const T w_coulomb = g.coulomb[owner] * p.coulomb_constant, w_dispersion = g.dispersion[owner];
     T k, dk, de_dd, de_dalpha, de_dc6;
     coulomb_kernel(p, d, &k, &dk);
     const T q_j = p.charges[j];
@@ -201,20 +212,20 @@ VISKRATES_HD void long_range_atom_backward(const Params<T>& p, int64_t i, const 
     galpha += w_dispersion * de_dalpha;
     gc6 += w_dispersion * de_dc6;
     // dL/dd·v/d; d depends on R_i through v = R_j − R_i + shift·box
-    const T g = (w_coulomb * q_i * q_j * dk + w_dispersion * de_dd) / d;
-    for (int a = 0; a < 3; ++a) gr[a] -= g * v[a];
-    if (box_partial != nullptr && j > i) {
+    const T gd_over_d = (w_coulomb * q_i * q_j * dk + w_dispersion * de_dd) / d;
+    for (int a = 0; a < 3; ++a) gr[a] -= gd_over_d * v[a];
+    if (g.box_partials != nullptr && j > i) {
       const T* s = p.shifts + 3 * e;
       for (int a = 0; a < 3; ++a)
-        for (int b = 0; b < 3; ++b) gbox[3 * a + b] += s[a] * g * v[b];
+        for (int b = 0; b < 3; ++b) gbox[3 * a + b] += s[a] * gd_over_d * v[b];
     }
   }
-  for (int a = 0; a < 3; ++a) grad_positions[3 * i + a] = gr[a];
-  grad_charges[i] = gq;
-  grad_polarizabilities[i] = galpha;
-  grad_c6[i] = gc6;
-  if (box_partial != nullptr) {
-    for (int a = 0; a < 9; ++a) box_partial[9 * i + a] = gbox[a];
+  for (int a = 0; a < 3; ++a) g.positions[3 * i + a] = gr[a];
+  g.charges[i] = gq;
+  g.polarizabilities[i] = galpha;
+  g.c6[i] = gc6;
+  if (g.box_partials != nullptr) {
+    for (int a = 0; a < 9; ++a) g.box_partials[9 * i + a] = gbox[a];
   }
 }
 

@@ -3,7 +3,6 @@
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -51,27 +50,17 @@ LongRangeGrads long_range_backward_cuda(const at::Tensor& grad_coulomb, const at
   const LongRangeInputs in = check_long_range(positions, box, row_ptr, senders, shifts, charges, polarizabilities, c6,
                                               cutoff, coulomb_constant, sigma, coulomb_switch_on,
                                               dispersion_switch_on, dispersion_scale);
-  const at::Tensor gc = check_long_range_grad("grad_coulomb", grad_coulomb, in);
-  const at::Tensor gd = check_long_range_grad("grad_dispersion", grad_dispersion, in);
-  const bool with_box = box_grad && in.box.defined();
-  at::Tensor grad_positions = at::empty({in.num_atoms, 3}, in.positions.options());
-  at::Tensor grad_charges = at::empty({in.num_atoms}, in.positions.options());
-  at::Tensor grad_polarizabilities = at::empty({in.num_atoms}, in.positions.options());
-  at::Tensor grad_c6 = at::empty({in.num_atoms}, in.positions.options());
-  at::Tensor box_partials = with_box ? at::zeros({in.num_atoms, 3, 3}, in.positions.options()) : at::Tensor();
+  const LongRangeBackward b = long_range_backward_buffers(in, grad_coulomb, grad_dispersion, box_grad);
   if (in.num_atoms > 0) {
     AT_DISPATCH_FLOATING_TYPES(in.positions.scalar_type(), "long_range_energy_backward_cuda", [&] {
       const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(positions.device().index()).stream();
-      check_launch(cuda::launch_long_range_energy_backward<scalar_t>(
-                       long_range_params<scalar_t>(in), in.num_atoms, gc.data_ptr<scalar_t>(),
-                       gd.data_ptr<scalar_t>(), grad_positions.data_ptr<scalar_t>(),
-                       grad_charges.data_ptr<scalar_t>(), grad_polarizabilities.data_ptr<scalar_t>(),
-                       grad_c6.data_ptr<scalar_t>(), with_box ? box_partials.data_ptr<scalar_t>() : nullptr, stream),
+      check_launch(cuda::launch_long_range_energy_backward<scalar_t>(long_range_params<scalar_t>(in),
+                                                                     long_range_gradients<scalar_t>(b), in.num_atoms,
+                                                                     stream),
                    "viskrates::long_range_energy_backward");
     });
   }
-  at::Tensor grad_box = with_box ? box_partials.sum(0) : at::Tensor();
-  return {grad_positions, grad_box, grad_charges, grad_polarizabilities, grad_c6};
+  return long_range_grads(b);
 }
 
 }  // namespace
