@@ -3,17 +3,12 @@
 // the results are deterministic and need no atomics.
 #include <cuda_runtime.h>
 
+#include "launch_config.h"
 #include "long_range_cuda.h"
 
 namespace viskrates {
 namespace cuda {
 namespace {
-
-constexpr int kThreads = 128;
-
-inline unsigned int thread_blocks(int64_t threads) {
-  return static_cast<unsigned int>((threads + kThreads - 1) / kThreads);
-}
 
 template <typename T>
 __global__ void long_range_energy_kernel(const lr::Params<T> p, int64_t num_atoms, T* coulomb_energies,

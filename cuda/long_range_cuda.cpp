@@ -4,18 +4,14 @@
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "cuda_glue.h"
 #include "long_range.h"
 #include "long_range_cuda.h"
 
 namespace viskrates {
 namespace {
-
-void check_launch(cudaError_t status, const char* op) {
-  TORCH_CHECK(status == cudaSuccess, op, ": kernel launch failed: ", cudaGetErrorString(status));
-}
 
 LongRangeOutputs long_range_cuda(const at::Tensor& positions, const std::optional<at::Tensor>& box,
                                  const at::Tensor& row_ptr, const at::Tensor& senders, const at::Tensor& shifts,
@@ -30,7 +26,7 @@ LongRangeOutputs long_range_cuda(const at::Tensor& positions, const std::optiona
   at::Tensor dispersion = at::empty({in.num_atoms}, in.positions.options());
   if (in.num_atoms == 0) return {coulomb, dispersion};
   AT_DISPATCH_FLOATING_TYPES(in.positions.scalar_type(), "long_range_energy_cuda", [&] {
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(positions.device().index()).stream();
+    const cudaStream_t stream = stream_of(positions);
     check_launch(cuda::launch_long_range_energy<scalar_t>(long_range_params<scalar_t>(in), in.num_atoms,
                                                           coulomb.data_ptr<scalar_t>(),
                                                           dispersion.data_ptr<scalar_t>(), stream),
@@ -53,7 +49,7 @@ LongRangeGrads long_range_backward_cuda(const at::Tensor& grad_coulomb, const at
   const LongRangeBackward b = long_range_backward_buffers(in, grad_coulomb, grad_dispersion, box_grad);
   if (in.num_atoms > 0) {
     AT_DISPATCH_FLOATING_TYPES(in.positions.scalar_type(), "long_range_energy_backward_cuda", [&] {
-      const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(positions.device().index()).stream();
+      const cudaStream_t stream = stream_of(positions);
       check_launch(cuda::launch_long_range_energy_backward<scalar_t>(long_range_params<scalar_t>(in),
                                                                      long_range_gradients<scalar_t>(b), in.num_atoms,
                                                                      stream),
