@@ -5,19 +5,16 @@
 // it raises instead of silently returning gradients without a graph (train on forces with
 // backend='reference').
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
-#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include "autograd_common.h"
 #include "euclidean_attention.h"
 
 namespace viskrates {
 namespace {
 
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
 using T = const at::Tensor&;
 
 class EuclideanAttentionFunction : public torch::autograd::Function<EuclideanAttentionFunction> {
@@ -26,10 +23,9 @@ class EuclideanAttentionFunction : public torch::autograd::Function<EuclideanAtt
                                T filter_index, T filter_ptr, T filter_edges, T x_query, T x_key, T x_value,
                                T x_filter, T ev_query, T ev_key, T ev_filter, T harmonics, T cutoff_values,
                                double normalization) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("viskrates::euclidean_attention", "")
-                               .typed<std::tuple<at::Tensor, at::Tensor>(T, T, T, T, T, T, T, T, T, T, T, T, T, T,
-                                                                         T, T, T, double)>();
+    static const auto op =
+        find_op<std::tuple<at::Tensor, at::Tensor>(T, T, T, T, T, T, T, T, T, T, T, T, T, T, T, T, T, double)>(
+            "viskrates::euclidean_attention");
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({row_ptr, receivers, senders, col_ptr, col_edges, filter_index, filter_ptr, filter_edges,
                             x_query, x_key, x_value, x_filter, ev_query, ev_key, ev_filter, harmonics,
@@ -42,13 +38,10 @@ class EuclideanAttentionFunction : public torch::autograd::Function<EuclideanAtt
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    TORCH_CHECK(!at::GradMode::is_enabled(),
-                "viskrates::euclidean_attention: double backward (create_graph=True) is not implemented by the "
-                "fused kernel; use the reference backend (SO3LR(..., backend='reference')) to train on forces");
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("viskrates::euclidean_attention_backward", "")
-                               .typed<EuclideanAttentionGrads(T, T, T, T, T, T, T, T, T, T, T, T, T, T, T, T, T, T,
-                                                              T, double)>();
+    check_no_double_backward("viskrates::euclidean_attention", "SO3LR");
+    static const auto op =
+        find_op<EuclideanAttentionGrads(T, T, T, T, T, T, T, T, T, T, T, T, T, T, T, T, T, T, T, double)>(
+            "viskrates::euclidean_attention_backward");
     const variable_list s = ctx->get_saved_variables();
     // an output that does not reach the loss comes back undefined: its gradient is zero
     const at::Tensor g_dx = grad_outputs[0].defined() ? grad_outputs[0] : at::zeros_like(s[8]);

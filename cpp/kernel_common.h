@@ -2,8 +2,23 @@
 // compiler and for the CUDA launchers by nvcc, so they are marked for both.
 #pragma once
 
+#include <cmath>
+
 #if defined(__CUDACC__)
 #define VISKRATES_HD __host__ __device__ __forceinline__
 #else
 #define VISKRATES_HD inline
 #endif
+
+namespace viskrates {
+// Math functions of the kernel bodies, called as math::exp(x) etc. with float or double x: in device code
+// CUDA's overloads of the global names, in host code those of std, so a body compiles unchanged for both
+// launchers and a float argument takes the float function (expf, not exp) on either side.
+namespace math {
+#if defined(__CUDA_ARCH__)
+using ::copysign, ::cos, ::erf, ::exp, ::floor, ::pow, ::sin, ::sqrt;
+#else
+using std::copysign, std::cos, std::erf, std::exp, std::floor, std::pow, std::sin, std::sqrt;
+#endif
+}  // namespace math
+}  // namespace viskrates

@@ -91,12 +91,35 @@ LongRangeInputs check_long_range(const at::Tensor& positions, const std::optiona
   return in;
 }
 
+namespace {
+
 at::Tensor check_long_range_grad(const char* name, const at::Tensor& grad, const LongRangeInputs& in) {
   TORCH_CHECK_VALUE(grad.dim() == 1 && grad.size(0) == in.num_atoms, "viskrates::long_range_energy_backward: ", name,
                     " has shape ", grad.sizes(), ", expected [", in.num_atoms, "]");
   TORCH_CHECK_VALUE(grad.scalar_type() == in.positions.scalar_type() && grad.device() == in.positions.device(),
                     "viskrates::long_range_energy_backward: ", name, " must have the dtype and device of positions");
   return grad.contiguous();
+}
+
+}  // namespace
+
+LongRangeBackward long_range_backward_buffers(const LongRangeInputs& in, const at::Tensor& grad_coulomb,
+                                              const at::Tensor& grad_dispersion, bool box_grad) {
+  const auto options = in.positions.options();
+  LongRangeBackward b;
+  b.grad_coulomb = check_long_range_grad("grad_coulomb", grad_coulomb, in);
+  b.grad_dispersion = check_long_range_grad("grad_dispersion", grad_dispersion, in);
+  b.grad_positions = at::empty({in.num_atoms, 3}, options);
+  b.grad_charges = at::empty({in.num_atoms}, options);
+  b.grad_polarizabilities = at::empty({in.num_atoms}, options);
+  b.grad_c6 = at::empty({in.num_atoms}, options);
+  if (box_grad && in.box.defined()) b.box_partials = at::empty({in.num_atoms, 3, 3}, options);
+  return b;
+}
+
+LongRangeGrads long_range_grads(const LongRangeBackward& b) {
+  const at::Tensor grad_box = b.box_partials.defined() ? b.box_partials.sum(0) : at::Tensor();
+  return {b.grad_positions, grad_box, b.grad_charges, b.grad_polarizabilities, b.grad_c6};
 }
 
 namespace {
@@ -135,30 +158,15 @@ LongRangeGrads long_range_backward_cpu(const at::Tensor& grad_coulomb, const at:
   const LongRangeInputs in = check_long_range(positions, box, row_ptr, senders, shifts, charges, polarizabilities, c6,
                                               cutoff, coulomb_constant, sigma, coulomb_switch_on,
                                               dispersion_switch_on, dispersion_scale);
-  const at::Tensor gc = check_long_range_grad("grad_coulomb", grad_coulomb, in);
-  const at::Tensor gd = check_long_range_grad("grad_dispersion", grad_dispersion, in);
-  const bool with_box = box_grad && in.box.defined();
-  at::Tensor grad_positions = at::empty({in.num_atoms, 3}, in.positions.options());
-  at::Tensor grad_charges = at::empty({in.num_atoms}, in.positions.options());
-  at::Tensor grad_polarizabilities = at::empty({in.num_atoms}, in.positions.options());
-  at::Tensor grad_c6 = at::empty({in.num_atoms}, in.positions.options());
-  at::Tensor box_partials = with_box ? at::empty({in.num_atoms, 3, 3}, in.positions.options()) : at::Tensor();
+  const LongRangeBackward b = long_range_backward_buffers(in, grad_coulomb, grad_dispersion, box_grad);
   AT_DISPATCH_FLOATING_TYPES(in.positions.scalar_type(), "long_range_energy_backward_cpu", [&] {
     const lr::Params<scalar_t> p = long_range_params<scalar_t>(in);
-    const scalar_t* gcp = gc.data_ptr<scalar_t>();
-    const scalar_t* gdp = gd.data_ptr<scalar_t>();
-    scalar_t* gr = grad_positions.data_ptr<scalar_t>();
-    scalar_t* gq = grad_charges.data_ptr<scalar_t>();
-    scalar_t* ga = grad_polarizabilities.data_ptr<scalar_t>();
-    scalar_t* g6 = grad_c6.data_ptr<scalar_t>();
-    scalar_t* gb = with_box ? box_partials.data_ptr<scalar_t>() : nullptr;
+    const lr::Gradients<scalar_t> g = long_range_gradients<scalar_t>(b);
     at::parallel_for(0, in.num_atoms, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) lr::long_range_atom_backward(p, i, gcp, gdp, gr, gq, ga, g6, gb);
+      for (int64_t i = begin; i < end; ++i) lr::long_range_atom_backward(p, g, i);
     });
   });
-  // the per-atom shares of the box gradient are summed in atom order by one reduction
-  at::Tensor grad_box = with_box ? box_partials.sum(0) : at::Tensor();
-  return {grad_positions, grad_box, grad_charges, grad_polarizabilities, grad_c6};
+  return long_range_grads(b);
 }
 
 }  // namespace

@@ -27,9 +27,6 @@ LongRangeInputs check_long_range(const at::Tensor& positions, const std::optiona
                                  double cutoff, double coulomb_constant, double sigma, double coulomb_switch_on,
                                  double dispersion_switch_on, double dispersion_scale);
 
-// Checks an upstream gradient [N] against the inputs; contiguous.
-at::Tensor check_long_range_grad(const char* name, const at::Tensor& grad, const LongRangeInputs& in);
-
 template <typename T>
 lr::Params<T> long_range_params(const LongRangeInputs& in) {
   return {in.positions.data_ptr<T>(),
@@ -58,5 +55,33 @@ using LongRangeOutputs = std::tuple<at::Tensor, at::Tensor>;
 // (grad_positions [N, 3], grad_box [3, 3] (undefined unless asked), grad_charges [N],
 //  grad_polarizabilities [N], grad_c6 [N])
 using LongRangeGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// Checked, contiguous upstream gradients of long_range_energy_backward and its outputs, allocated: what the
+// CPU and CUDA launchers hand to the kernel body (long_range_gradients) and return (long_range_grads).
+struct LongRangeBackward {
+  at::Tensor grad_coulomb, grad_dispersion;                 // [N] upstream
+  at::Tensor grad_positions;                                // [N, 3]
+  at::Tensor grad_charges, grad_polarizabilities, grad_c6;  // [N]
+  at::Tensor box_partials;  // [N, 3, 3] each atom's share of dL/dbox; undefined unless box_grad with a box
+};
+
+// Checks the upstream gradients (c10::ValueError unless [N] with the dtype and device of positions) and
+// allocates the outputs; every row of them is written by the kernel body.
+LongRangeBackward long_range_backward_buffers(const LongRangeInputs& in, const at::Tensor& grad_coulomb,
+                                              const at::Tensor& grad_dispersion, bool box_grad);
+
+template <typename T>
+lr::Gradients<T> long_range_gradients(const LongRangeBackward& b) {
+  return {b.grad_coulomb.data_ptr<T>(),
+          b.grad_dispersion.data_ptr<T>(),
+          b.grad_positions.data_ptr<T>(),
+          b.grad_charges.data_ptr<T>(),
+          b.grad_polarizabilities.data_ptr<T>(),
+          b.grad_c6.data_ptr<T>(),
+          b.box_partials.defined() ? b.box_partials.data_ptr<T>() : nullptr};
+}
+
+// The op's result; dL/dbox is the sum of the per-atom shares in atom order (one reduction, deterministic).
+LongRangeGrads long_range_grads(const LongRangeBackward& b);
 
 }  // namespace viskrates

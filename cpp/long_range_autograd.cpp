@@ -5,22 +5,16 @@
 // autograd into the network that predicted them. The backward is not itself differentiable: under
 // create_graph=True it raises (train on forces with backend='reference').
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/zeros_like.h>
-#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
-#include <optional>
-
+#include "autograd_common.h"
 #include "long_range.h"
 
 namespace viskrates {
 namespace {
 
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
 using T = const at::Tensor&;
-
 using OptT = const std::optional<at::Tensor>&;
 
 class LongRangeFunction : public torch::autograd::Function<LongRangeFunction> {
@@ -29,15 +23,12 @@ class LongRangeFunction : public torch::autograd::Function<LongRangeFunction> {
                                T charges, T polarizabilities, T c6, double cutoff, double coulomb_constant,
                                double sigma, double coulomb_switch_on, double dispersion_switch_on,
                                double dispersion_scale) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("viskrates::long_range_energy", "")
-                               .typed<LongRangeOutputs(T, OptT, T, T, T, T, T, T, double, double, double, double,
-                                                       double, double)>();
+    static const auto op =
+        find_op<LongRangeOutputs(T, OptT, T, T, T, T, T, T, double, double, double, double, double, double)>(
+            "viskrates::long_range_energy");
     at::AutoDispatchBelowADInplaceOrView guard;
-    const bool periodic = box.has_value() && box->defined();
-    ctx->save_for_backward({positions, periodic ? *box : at::Tensor(), row_ptr, senders, shifts, charges,
+    ctx->save_for_backward({positions, box.has_value() ? *box : at::Tensor(), row_ptr, senders, shifts, charges,
                             polarizabilities, c6});
-    ctx->saved_data["periodic"] = periodic;
     ctx->saved_data["cutoff"] = cutoff;
     ctx->saved_data["coulomb_constant"] = coulomb_constant;
     ctx->saved_data["sigma"] = sigma;
@@ -51,21 +42,16 @@ class LongRangeFunction : public torch::autograd::Function<LongRangeFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    TORCH_CHECK(!at::GradMode::is_enabled(),
-                "viskrates::long_range_energy: double backward (create_graph=True) is not implemented by the fused "
-                "kernel; use the reference backend (SO3LR(..., backend='reference')) to train on forces");
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("viskrates::long_range_energy_backward", "")
-                               .typed<LongRangeGrads(T, T, T, OptT, T, T, T, T, T, T, double, double, double, double,
-                                                     double, double, bool)>();
+    check_no_double_backward("viskrates::long_range_energy", "SO3LR");
+    static const auto op = find_op<LongRangeGrads(T, T, T, OptT, T, T, T, T, T, T, double, double, double, double,
+                                                  double, double, bool)>("viskrates::long_range_energy_backward");
     const variable_list s = ctx->get_saved_variables();
-    const bool periodic = ctx->saved_data["periodic"].toBool();
-    const std::optional<at::Tensor> box = periodic ? std::optional<at::Tensor>(s[1]) : std::nullopt;
+    const std::optional<at::Tensor> box = optional_of(s[1]);
     // an output that does not reach the loss comes back undefined: its gradient is zero
     const at::Tensor g_coulomb = grad_outputs[0].defined() ? grad_outputs[0] : at::zeros_like(s[5]);
     const at::Tensor g_dispersion = grad_outputs[1].defined() ? grad_outputs[1] : at::zeros_like(s[5]);
     // needs_input_grad counts the tensor inputs: positions, box, row_ptr, senders, shifts, charges, ...
-    const bool box_grad = periodic && ctx->needs_input_grad(1);
+    const bool box_grad = box.has_value() && ctx->needs_input_grad(1);
     auto [gr, gbox, gq, galpha, gc6] =
         op.call(g_coulomb, g_dispersion, s[0], box, s[2], s[3], s[4], s[5], s[6], s[7],
                 ctx->saved_data["cutoff"].toDouble(), ctx->saved_data["coulomb_constant"].toDouble(),

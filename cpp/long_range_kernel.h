@@ -17,7 +17,6 @@
 // atom's gradient is a sum over its own edges (one writer per output element, no atomics, deterministic).
 #pragma once
 
-#include <cmath>
 #include <cstdint>
 
 #include "kernel_common.h"
@@ -54,41 +53,17 @@ struct Params {
   T vdw_radius_factor;       // α_fs^(−4/21), R_vdW = α_fs^(−4/21)·α^(1/7)
 };
 
+// Upstream gradients and outputs of the backward (long_range_atom_backward), all rows indexed by atom.
 template <typename T>
-VISKRATES_HD T lr_exp(T x) {
-#if defined(__CUDA_ARCH__)
-  return exp(x);
-#else
-  return std::exp(x);
-#endif
-}
-
-template <typename T>
-VISKRATES_HD T lr_erf(T x) {
-#if defined(__CUDA_ARCH__)
-  return erf(x);
-#else
-  return std::erf(x);
-#endif
-}
-
-template <typename T>
-VISKRATES_HD T lr_sqrt(T x) {
-#if defined(__CUDA_ARCH__)
-  return sqrt(x);
-#else
-  return std::sqrt(x);
-#endif
-}
-
-template <typename T>
-VISKRATES_HD T lr_pow(T x, T y) {
-#if defined(__CUDA_ARCH__)
-  return pow(x, y);
-#else
-  return std::pow(x, y);
-#endif
-}
+struct Gradients {
+  const T* coulomb;      // [N] dL/de_c of the per-atom Coulomb energies
+  const T* dispersion;   // [N] dL/de_d of the per-atom dispersion energies
+  T* positions;          // [N, 3] dL/dR
+  T* charges;            // [N] dL/dq
+  T* polarizabilities;   // [N] dL/dα
+  T* c6;                 // [N] dL/dC6
+  T* box_partials;       // [N, 3, 3] each atom's share of dL/dbox, or nullptr (not wanted)
+};
 
 // The C∞ switch S(d; x_on, x_off) = σ(1−c)/(σ(1−c) + σ(c)), σ(t) = exp(−1/t) (0 for t ≤ 0),
 // c = (d − x_on)/(x_off − x_on), and dS/dd. Inside the switching region it is evaluated with one exponential
@@ -109,7 +84,7 @@ VISKRATES_HD void smooth_switch(T d, T x_on, T x_off, T* s, T* ds) {
     return;
   }
   const T a = T(1) / (T(1) - c), b = T(1) / c;
-  const T value = T(1) / (T(1) + lr_exp(a - b));
+  const T value = T(1) / (T(1) + math::exp(a - b));
   *s = value;
   *ds = -value * (T(1) - value) * (a * a + b * b) / width;
 }
@@ -118,9 +93,9 @@ VISKRATES_HD void smooth_switch(T d, T x_on, T x_off, T* s, T* ds) {
 template <typename T>
 VISKRATES_HD void coulomb_kernel(const Params<T>& p, T d, T* k, T* dk) {
   const T x = d * p.inv_sigma;
-  const T v = lr_erf(x) / d;
+  const T v = math::erf(x) / d;
   // V'(d) = 2·exp(−(d/σ)²)/(√π·σ·d) − V(d)/d
-  const T dv = (T(1.1283791670955126) * p.inv_sigma * lr_exp(-x * x) - v) / d;
+  const T dv = (T(1.1283791670955126) * p.inv_sigma * math::exp(-x * x) - v) / d;
   T f, df;
   smooth_switch(d, p.coulomb_switch_on, p.cutoff, &f, &df);
   const T offset = d - p.cutoff;
@@ -136,7 +111,7 @@ VISKRATES_HD T dispersion_pair(const Params<T>& p, T alpha_a, T alpha_b, T c6_a,
   const T alpha = T(0.5) * (alpha_a + alpha_b);
   const T denominator = alpha_a * alpha_a * c6_b + alpha_b * alpha_b * c6_a;
   const T c6 = T(2) * c6_a * c6_b * alpha_a * alpha_b / denominator;
-  const T root = lr_pow(alpha, T(1) / T(7));
+  const T root = math::pow(alpha, T(1) / T(7));
   const T r_vdw = p.vdw_radius_factor * root;
   const T sigma = ((T(kSigma3) * r_vdw + T(kSigma2)) * r_vdw + T(kSigma1)) * r_vdw + T(kSigma0);
   // C8 = 5·C6/γ and C10 = 245/8·C6/γ² with γ = 1/(2σ²)
@@ -186,7 +161,7 @@ VISKRATES_HD T edge_vector(const Params<T>& p, int64_t i, int64_t j, int64_t e, 
     const T* s = p.shifts + 3 * e;
     for (int a = 0; a < 3; ++a) v[a] = v[a] + (s[0] * p.box[a] + s[1] * p.box[3 + a] + s[2] * p.box[6 + a]);
   }
-  return lr_sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]);
+  return math::sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]);
 }
 
 // Forward of receiver i: the Coulomb and dispersion energies of the pairs (i, j), j > i, within r_c.
@@ -211,13 +186,12 @@ VISKRATES_HD void long_range_atom(const Params<T>& p, int64_t i, T* coulomb_ener
   dispersion_energies[i] = dispersion;
 }
 
-// Backward of receiver i from the upstream gradients g_c, g_d [N] of the per-atom energies: dL/dR_i,
-// dL/dq_i, dL/dα_i and dL/dC6_i summed over all its pairs, each pair weighted by the gradient of the atom
-// that owns its energy, and (box_partial non-null) atom i's share of dL/dbox [3, 3] from the pairs it owns.
+// Backward of receiver i from the upstream gradients g.coulomb, g.dispersion of the per-atom energies:
+// dL/dR_i, dL/dq_i, dL/dα_i and dL/dC6_i summed over all its pairs, each pair weighted by the gradient of the
+// atom that owns its energy, and (g.box_partials non-null) atom i's share of dL/dbox [3, 3] from the pairs it
+// owns. Writes row i of every output of g.
 template <typename T>
-VISKRATES_HD void long_range_atom_backward(const Params<T>& p, int64_t i, const T* g_coulomb, const T* g_dispersion,
-                                           T* grad_positions, T* grad_charges, T* grad_polarizabilities, T* grad_c6,
-                                           T* box_partial) {
+VISKRATES_HD void long_range_atom_backward(const Params<T>& p, const Gradients<T>& g, int64_t i) {
   T gq = T(0), galpha = T(0), gc6 = T(0);
   T gr[3] = {T(0), T(0), T(0)};
   T gbox[9] = {T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0)};
@@ -229,7 +203,7 @@ VISKRATES_HD void long_range_atom_backward(const Params<T>& p, int64_t i, const 
     const T d = edge_vector(p, i, j, e, v);
     if (!(d < p.cutoff)) continue;
     const int64_t owner = j > i ? i : j;
-    const T w_coulomb = g_coulomb[owner] * p.coulomb_constant, w_dispersion = g_dispersion[owner];
+    const T w_coulomb = g.coulomb[owner] * p.coulomb_constant, w_dispersion = g.dispersion[owner];
     T k, dk, de_dd, de_dalpha, de_dc6;
     coulomb_kernel(p, d, &k, &dk);
     const T q_j = p.charges[j];
@@ -238,20 +212,20 @@ VISKRATES_HD void long_range_atom_backward(const Params<T>& p, int64_t i, const 
     galpha += w_dispersion * de_dalpha;
     gc6 += w_dispersion * de_dc6;
     // dL/dd·v/d; d depends on R_i through v = R_j − R_i + shift·box
-    const T g = (w_coulomb * q_i * q_j * dk + w_dispersion * de_dd) / d;
-    for (int a = 0; a < 3; ++a) gr[a] -= g * v[a];
-    if (box_partial != nullptr && j > i) {
+    const T gd_over_d = (w_coulomb * q_i * q_j * dk + w_dispersion * de_dd) / d;
+    for (int a = 0; a < 3; ++a) gr[a] -= gd_over_d * v[a];
+    if (g.box_partials != nullptr && j > i) {
       const T* s = p.shifts + 3 * e;
       for (int a = 0; a < 3; ++a)
-        for (int b = 0; b < 3; ++b) gbox[3 * a + b] += s[a] * g * v[b];
+        for (int b = 0; b < 3; ++b) gbox[3 * a + b] += s[a] * gd_over_d * v[b];
     }
   }
-  for (int a = 0; a < 3; ++a) grad_positions[3 * i + a] = gr[a];
-  grad_charges[i] = gq;
-  grad_polarizabilities[i] = galpha;
-  grad_c6[i] = gc6;
-  if (box_partial != nullptr) {
-    for (int a = 0; a < 9; ++a) box_partial[9 * i + a] = gbox[a];
+  for (int a = 0; a < 3; ++a) g.positions[3 * i + a] = gr[a];
+  g.charges[i] = gq;
+  g.polarizabilities[i] = galpha;
+  g.c6[i] = gc6;
+  if (g.box_partials != nullptr) {
+    for (int a = 0; a < 9; ++a) g.box_partials[9 * i + a] = gbox[a];
   }
 }
 

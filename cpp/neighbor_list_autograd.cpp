@@ -7,29 +7,22 @@
 // so double backward (create_graph=True, e.g. force training) is exact. Indices and shifts are
 // piecewise-constant: they are marked non-differentiable.
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
-#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
-#include <optional>
-
+#include "autograd_common.h"
 #include "neighbor_list.h"
 
 namespace viskrates {
 namespace {
 
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
-
 NeighborListResult call_neighbor_list_below_autograd(const at::Tensor& positions, const std::optional<at::Tensor>& box,
                                                      double cutoff, const std::optional<at::Tensor>& batch,
                                                      bool self_loops) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("viskrates::neighbor_list", "")
-                             .typed<NeighborListResult(const at::Tensor&, const std::optional<at::Tensor>&, double,
-                                                       const std::optional<at::Tensor>&, bool)>();
+  static const auto op = find_op<NeighborListResult(const at::Tensor&, const std::optional<at::Tensor>&, double,
+                                                    const std::optional<at::Tensor>&, bool)>(
+      "viskrates::neighbor_list");
   at::AutoDispatchBelowADInplaceOrView guard;
   return op.call(positions, box, cutoff, batch, self_loops);
 }

@@ -12,7 +12,6 @@
 // box to the unit cube.
 #pragma once
 
-#include <cmath>
 #include <cstdint>
 
 #include "kernel_common.h"
@@ -61,10 +60,10 @@ VISKRATES_HD int64_t assign_cell(const scalar_t* r, const Grid& grid, bool perio
     double w = g[k];
     if (periodic) {
       frac[k] = g[k];
-      w = g[k] - floor(g[k]);  // wrap into the home cell
+      w = g[k] - math::floor(g[k]);  // wrap into the home cell
     }
     // Clamping catches w == 1 (the far face of a bounding box, or rounding of a tiny negative wrap).
-    int c = static_cast<int>(floor(w * grid.n[k]));
+    int c = static_cast<int>(math::floor(w * grid.n[k]));
     c = c < 0 ? 0 : (c >= grid.n[k] ? grid.n[k] - 1 : c);
     coords[k] = c;
   }
@@ -96,7 +95,7 @@ VISKRATES_HD void neighbor_cell_range(int c, int n, bool periodic, int* first, i
 // Nearest integer (halves away from zero), branch-free: rint() is a library call on baseline x86-64 and
 // a sign branch mispredicts for random separations. Halves never matter: such images are at least
 // half a box width (>= cutoff) away.
-VISKRATES_HD int nearest_int(double x) { return static_cast<int>(x + copysign(0.5, x)); }
+VISKRATES_HD int nearest_int(double x) { return static_cast<int>(x + math::copysign(0.5, x)); }
 
 // Tests the pair (receiver at ri, fi; sender at rj, fj). For a periodic box the only image that can be
 // within the cutoff is the one with every fractional component of the separation in (-1/2, 1/2)

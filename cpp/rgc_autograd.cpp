@@ -4,33 +4,22 @@
 // computed when they require grad (trainable RBF). The backward is not differentiable again: under
 // create_graph=True it raises (train on forces with the reference backend).
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
-#include <optional>
-
+#include "autograd_common.h"
 #include "rgc.h"
 
 namespace viskrates {
 namespace {
-
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
-
-std::optional<at::Tensor> optional_of(const at::Tensor& t) {
-  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
-}
 
 class GeometryFunction : public torch::autograd::Function<GeometryFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& edge_vectors, const at::Tensor& receivers,
                                const at::Tensor& senders, double cutoff, int64_t lmax, const at::Tensor& means,
                                const at::Tensor& betas, double alpha) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("viskrates::rgc_geometry", "")
-                               .typed<RgcOutputs(const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
-                                                 int64_t, const at::Tensor&, const at::Tensor&, double)>();
+    static const auto op = find_op<RgcOutputs(const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
+                                              int64_t, const at::Tensor&, const at::Tensor&, double)>(
+        "viskrates::rgc_geometry");
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({edge_vectors, receivers, senders, means, betas});
     ctx->saved_data["cutoff"] = cutoff;
@@ -41,15 +30,12 @@ class GeometryFunction : public torch::autograd::Function<GeometryFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    TORCH_CHECK(!at::GradMode::is_enabled(),
-                "viskrates::rgc_geometry: double backward (create_graph=True) is not implemented by the fused "
-                "kernels; use the reference backend (ViSNet(..., backend='reference')) to train on forces");
+    check_no_double_backward("viskrates::rgc_geometry", "ViSNet");
     static const auto op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("viskrates::rgc_geometry_backward", "")
-            .typed<RgcGrads(const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                            const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
-                            const at::Tensor&, double, int64_t, const at::Tensor&, const at::Tensor&, double, bool)>();
+        find_op<RgcGrads(const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                         const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                         double, int64_t, const at::Tensor&, const at::Tensor&, double, bool)>(
+            "viskrates::rgc_geometry_backward");
     const variable_list s = ctx->get_saved_variables();
     // needs_input_grad counts the tensor inputs only: edge_vectors, receivers, senders, means, betas
     const bool basis_grad = ctx->needs_input_grad(3) || ctx->needs_input_grad(4);

@@ -12,7 +12,6 @@
 // CosineCutoff and ExpNormalSmearing; reference: viskrates.ops.rgc_geometry_reference.
 #pragma once
 
-#include <cmath>
 #include <cstdint>
 
 #include "kernel_common.h"
@@ -34,15 +33,6 @@ struct Geometry {
   int64_t L, K;
 };
 
-template <typename T>
-VISKRATES_HD T rgc_exp(T x) {
-#if defined(__CUDA_ARCH__)
-  return exp(x);
-#else
-  return std::exp(x);
-#endif
-}
-
 // Distance, unit vector, φ and dφ/dd of edge e; returns false for a self-loop (d = 0, u = 0, φ = 1).
 template <typename T>
 VISKRATES_HD bool edge_frame(const Geometry<T>& p, int64_t e, T* d, T* u, T* phi, T* dphi) {
@@ -54,22 +44,13 @@ VISKRATES_HD bool edge_frame(const Geometry<T>& p, int64_t e, T* d, T* u, T* phi
     return false;
   }
   const T* v = p.edge_vectors + 3 * e;
-#if defined(__CUDA_ARCH__)
-  const T dist = sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]);
-#else
-  const T dist = std::sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]);
-#endif
+  const T dist = math::sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]);
   *d = dist;
   for (int a = 0; a < 3; ++a) u[a] = v[a] / dist;
   if (dist < p.cutoff) {
     const T w = T(3.14159265358979323846) / p.cutoff;
-#if defined(__CUDA_ARCH__)
-    *phi = T(0.5) * (cos(dist * w) + T(1));
-    *dphi = T(-0.5) * w * sin(dist * w);
-#else
-    *phi = T(0.5) * (std::cos(dist * w) + T(1));
-    *dphi = T(-0.5) * w * std::sin(dist * w);
-#endif
+    *phi = T(0.5) * (math::cos(dist * w) + T(1));
+    *dphi = T(-0.5) * w * math::sin(dist * w);
   } else {
     *phi = T(0);
     *dphi = T(0);
@@ -102,11 +83,11 @@ VISKRATES_HD void geometry_edge(const Geometry<T>& p, int64_t e, T* harmonics, T
   edge_frame(p, e, &d, u, &phi, &dphi);
   harmonics_of(u, p.L, harmonics + e * p.L);
   cutoff_weights[e] = phi;
-  const T q = rgc_exp(-p.alpha * d);
+  const T q = math::exp(-p.alpha * d);
   T* rho = radial + e * p.K;
   for (int64_t k = 0; k < p.K; ++k) {
     const T s = q - p.means[k];
-    rho[k] = phi * rgc_exp(-p.betas[k] * s * s);
+    rho[k] = phi * math::exp(-p.betas[k] * s * s);
   }
 }
 
@@ -138,11 +119,11 @@ VISKRATES_HD void geometry_edge_backward(const Geometry<T>& p, int64_t e, const 
   T gd = gphi != nullptr ? gphi[e] * dphi : T(0);
   if (grho != nullptr) {
     const T* g = grho + e * p.K;
-    const T q = rgc_exp(-p.alpha * d);
+    const T q = math::exp(-p.alpha * d);
     T sum = T(0);
     for (int64_t k = 0; k < p.K; ++k) {
       const T s = q - p.means[k];
-      const T b = rgc_exp(-p.betas[k] * s * s);
+      const T b = math::exp(-p.betas[k] * s * s);
       // dρ_k/dd = φ'·b_k + φ·b_k·2αβ_k·s_k·exp(−αd)
       sum += g[k] * b * (dphi + phi * T(2) * p.alpha * p.betas[k] * s * q);
     }
@@ -159,8 +140,8 @@ VISKRATES_HD void geometry_edge_basis_grad(const Geometry<T>& p, int64_t e, int6
                                            T* gbeta) {
   T d, u[3], phi, dphi;
   edge_frame(p, e, &d, u, &phi, &dphi);
-  const T s = rgc_exp(-p.alpha * d) - p.means[k];
-  const T grho_b = grho[e * p.K + k] * phi * rgc_exp(-p.betas[k] * s * s);
+  const T s = math::exp(-p.alpha * d) - p.means[k];
+  const T grho_b = grho[e * p.K + k] * phi * math::exp(-p.betas[k] * s * s);
   *gmean += grho_b * T(2) * p.betas[k] * s;
   *gbeta -= grho_b * s * s;
 }

@@ -4,29 +4,13 @@
 // The backward is not itself differentiable: under create_graph=True it raises instead of silently
 // returning gradients without a graph (train with forces on the reference backend).
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
-#include <optional>
-
+#include "autograd_common.h"
 #include "vismp.h"
 
 namespace viskrates {
 namespace {
-
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
-
-void check_no_double_backward(const char* op) {
-  TORCH_CHECK(!at::GradMode::is_enabled(), op,
-              ": double backward (create_graph=True) is not implemented by the fused kernels; use the "
-              "reference backend (ViSNet(..., backend='reference')) to train on forces");
-}
-
-std::optional<at::Tensor> optional_of(const at::Tensor& t) {
-  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
-}
 
 class VectorMessageFunction : public torch::autograd::Function<VectorMessageFunction> {
  public:
@@ -35,13 +19,11 @@ class VectorMessageFunction : public torch::autograd::Function<VectorMessageFunc
                             const std::optional<at::Tensor>& vectors, const at::Tensor& scale,
                             const at::Tensor& shift, const at::Tensor& harmonics,
                             const std::optional<at::Tensor>& weights) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("viskrates::vismp_vector_message", "")
-                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                 const at::Tensor&, const at::Tensor&,
-                                                 const std::optional<at::Tensor>&, const at::Tensor&,
-                                                 const at::Tensor&, const at::Tensor&,
-                                                 const std::optional<at::Tensor>&)>();
+    static const auto op =
+        find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
+                           const at::Tensor&, const std::optional<at::Tensor>&)>(
+            "viskrates::vismp_vector_message");
     at::AutoDispatchBelowADInplaceOrView guard;
     const at::Tensor v = vectors.has_value() ? *vectors : at::Tensor();
     const at::Tensor w = weights.has_value() ? *weights : at::Tensor();
@@ -50,14 +32,13 @@ class VectorMessageFunction : public torch::autograd::Function<VectorMessageFunc
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    check_no_double_backward("viskrates::vismp_vector_message");
+    check_no_double_backward("viskrates::vismp_vector_message", "ViSNet");
     static const auto op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("viskrates::vismp_vector_message_backward", "")
-            .typed<VectorMessageGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                      const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                      const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                      const std::optional<at::Tensor>&)>();
+        find_op<VectorMessageGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                   const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                   const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                   const std::optional<at::Tensor>&)>(
+            "viskrates::vismp_vector_message_backward");
     const variable_list s = ctx->get_saved_variables();
     auto [gv, gs1, gs2, gy, gw] = op.call(grad_outputs[0].contiguous(), s[0], s[1], s[2], s[3], s[4],
                                           optional_of(s[5]), s[6], s[7], s[8], optional_of(s[9]));
@@ -71,24 +52,22 @@ class DihedralFunction : public torch::autograd::Function<DihedralFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& row_ptr, const at::Tensor& receivers,
                             const at::Tensor& senders, const at::Tensor& col_ptr, const at::Tensor& col_edges,
                             const at::Tensor& target, const at::Tensor& source, const at::Tensor& harmonics) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("viskrates::vismp_dihedral", "")
-                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                 const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                 const at::Tensor&, const at::Tensor&)>();
+    static const auto op =
+        find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&)>(
+            "viskrates::vismp_dihedral");
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({row_ptr, receivers, senders, col_ptr, col_edges, target, source, harmonics});
     return op.call(row_ptr, receivers, senders, col_ptr, col_edges, target, source, harmonics);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    check_no_double_backward("viskrates::vismp_dihedral");
+    check_no_double_backward("viskrates::vismp_dihedral", "ViSNet");
     static const auto op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("viskrates::vismp_dihedral_backward", "")
-            .typed<DihedralGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                 const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                 const at::Tensor&)>();
+        find_op<DihedralGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                              const at::Tensor&)>(
+            "viskrates::vismp_dihedral_backward");
     const variable_list s = ctx->get_saved_variables();
     auto [gt, gs, gy] = op.call(grad_outputs[0].contiguous(), s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]);
     return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), gt, gs, gy};
@@ -102,12 +81,11 @@ class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
                             const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                             const at::Tensor& key_filter, const at::Tensor& value_filter, const at::Tensor& weights,
                             int64_t num_heads) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("viskrates::vismp_attention", "")
-                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                 const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                 const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                 const at::Tensor&, const at::Tensor&, int64_t)>();
+    static const auto op =
+        find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t)>(
+            "viskrates::vismp_attention");
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward(
         {row_ptr, receivers, senders, col_ptr, col_edges, query, key, value, key_filter, value_filter, weights});
@@ -117,14 +95,12 @@ class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    check_no_double_backward("viskrates::vismp_attention");
+    check_no_double_backward("viskrates::vismp_attention", "ViSNet");
     static const auto op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("viskrates::vismp_attention_backward", "")
-            .typed<AttentionGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                  const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                  const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                  int64_t)>();
+        find_op<AttentionGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                               const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                               const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t)>(
+            "viskrates::vismp_attention_backward");
     const variable_list s = ctx->get_saved_variables();
     auto [gq, gk, gv, gdk, gdv, gw] = op.call(grad_outputs[0].contiguous(), s[0], s[1], s[2], s[3], s[4], s[5], s[6],
                                               s[7], s[8], s[9], s[10], ctx->saved_data["num_heads"].toInt());

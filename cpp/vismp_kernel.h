@@ -16,7 +16,6 @@
 // with runtime head width; both launchers call them per head.
 #pragma once
 
-#include <cmath>
 #include <cstdint>
 #include <type_traits>
 
@@ -275,11 +274,7 @@ VISKRATES_HD T attention_score(const Attention<T>& p, int64_t e, int64_t i, int6
 
 template <typename T>
 VISKRATES_HD T sigmoid(T x) {
-#if defined(__CUDA_ARCH__)
-  return T(1) / (T(1) + exp(-x));
-#else
-  return T(1) / (T(1) + std::exp(-x));
-#endif
+  return T(1) / (T(1) + math::exp(-x));
 }
 
 // out[e * C + c] = m_e[c] for the channels of head h.

@@ -6,14 +6,11 @@
 #include <cuda_runtime.h>
 
 #include "euclidean_attention_cuda.h"
+#include "launch_config.h"
 
 namespace viskrates {
 namespace cuda {
 namespace {
-
-constexpr int kThreads = 128;
-
-inline unsigned int thread_blocks(int64_t n) { return static_cast<unsigned int>((n + kThreads - 1) / kThreads); }
 
 __device__ __forceinline__ int64_t thread_index() {
   return static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;

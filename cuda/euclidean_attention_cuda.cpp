@@ -5,9 +5,9 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "cuda_glue.h"
 #include "euclidean_attention.h"
 #include "euclidean_attention_cuda.h"
 
@@ -15,12 +15,6 @@ namespace viskrates {
 namespace {
 
 using T_ = const at::Tensor&;
-
-void check_launch(cudaError_t status, const char* op) {
-  TORCH_CHECK(status == cudaSuccess, op, ": kernel launch failed: ", cudaGetErrorString(status));
-}
-
-cudaStream_t stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
 
 std::tuple<at::Tensor, at::Tensor> euclidean_attention_cuda(T_ row_ptr, T_ receivers, T_ senders, T_ col_ptr,
                                                             T_ col_edges, T_ filter_index, T_ filter_ptr,

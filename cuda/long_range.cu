@@ -3,17 +3,12 @@
 // the results are deterministic and need no atomics.
 #include <cuda_runtime.h>
 
+#include "launch_config.h"
 #include "long_range_cuda.h"
 
 namespace viskrates {
 namespace cuda {
 namespace {
-
-constexpr int kThreads = 128;
-
-inline unsigned int thread_blocks(int64_t threads) {
-  return static_cast<unsigned int>((threads + kThreads - 1) / kThreads);
-}
 
 template <typename T>
 __global__ void long_range_energy_kernel(const lr::Params<T> p, int64_t num_atoms, T* coulomb_energies,
@@ -24,13 +19,11 @@ __global__ void long_range_energy_kernel(const lr::Params<T> p, int64_t num_atom
 }
 
 template <typename T>
-__global__ void long_range_energy_backward_kernel(const lr::Params<T> p, int64_t num_atoms, const T* g_coulomb,
-                                                  const T* g_dispersion, T* grad_positions, T* grad_charges,
-                                                  T* grad_polarizabilities, T* grad_c6, T* box_partials) {
+__global__ void long_range_energy_backward_kernel(const lr::Params<T> p, const lr::Gradients<T> g,
+                                                  int64_t num_atoms) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= num_atoms) return;
-  lr::long_range_atom_backward(p, i, g_coulomb, g_dispersion, grad_positions, grad_charges, grad_polarizabilities,
-                               grad_c6, box_partials);
+  lr::long_range_atom_backward(p, g, i);
 }
 
 }  // namespace
@@ -44,20 +37,16 @@ cudaError_t launch_long_range_energy(const lr::Params<T>& p, int64_t num_atoms, 
 }
 
 template <typename T>
-cudaError_t launch_long_range_energy_backward(const lr::Params<T>& p, int64_t num_atoms, const T* g_coulomb,
-                                              const T* g_dispersion, T* grad_positions, T* grad_charges,
-                                              T* grad_polarizabilities, T* grad_c6, T* box_partials,
+cudaError_t launch_long_range_energy_backward(const lr::Params<T>& p, const lr::Gradients<T>& g, int64_t num_atoms,
                                               cudaStream_t stream) {
-  long_range_energy_backward_kernel<T><<<thread_blocks(num_atoms), kThreads, 0, stream>>>(
-      p, num_atoms, g_coulomb, g_dispersion, grad_positions, grad_charges, grad_polarizabilities, grad_c6,
-      box_partials);
+  long_range_energy_backward_kernel<T><<<thread_blocks(num_atoms), kThreads, 0, stream>>>(p, g, num_atoms);
   return cudaGetLastError();
 }
 
-#define VISKRATES_INSTANTIATE_LONG_RANGE(T)                                                                        \
-  template cudaError_t launch_long_range_energy<T>(const lr::Params<T>&, int64_t, T*, T*, cudaStream_t);           \
-  template cudaError_t launch_long_range_energy_backward<T>(const lr::Params<T>&, int64_t, const T*, const T*, T*, \
-                                                            T*, T*, T*, T*, cudaStream_t);
+#define VISKRATES_INSTANTIATE_LONG_RANGE(T)                                                                \
+  template cudaError_t launch_long_range_energy<T>(const lr::Params<T>&, int64_t, T*, T*, cudaStream_t);   \
+  template cudaError_t launch_long_range_energy_backward<T>(const lr::Params<T>&, const lr::Gradients<T>&, \
+                                                            int64_t, cudaStream_t);
 VISKRATES_INSTANTIATE_LONG_RANGE(float)
 VISKRATES_INSTANTIATE_LONG_RANGE(double)
 #undef VISKRATES_INSTANTIATE_LONG_RANGE

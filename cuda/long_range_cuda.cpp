@@ -3,20 +3,15 @@
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "cuda_glue.h"
 #include "long_range.h"
 #include "long_range_cuda.h"
 
 namespace viskrates {
 namespace {
-
-void check_launch(cudaError_t status, const char* op) {
-  TORCH_CHECK(status == cudaSuccess, op, ": kernel launch failed: ", cudaGetErrorString(status));
-}
 
 LongRangeOutputs long_range_cuda(const at::Tensor& positions, const std::optional<at::Tensor>& box,
                                  const at::Tensor& row_ptr, const at::Tensor& senders, const at::Tensor& shifts,
@@ -31,7 +26,7 @@ LongRangeOutputs long_range_cuda(const at::Tensor& positions, const std::optiona
   at::Tensor dispersion = at::empty({in.num_atoms}, in.positions.options());
   if (in.num_atoms == 0) return {coulomb, dispersion};
   AT_DISPATCH_FLOATING_TYPES(in.positions.scalar_type(), "long_range_energy_cuda", [&] {
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(positions.device().index()).stream();
+    const cudaStream_t stream = stream_of(positions);
     check_launch(cuda::launch_long_range_energy<scalar_t>(long_range_params<scalar_t>(in), in.num_atoms,
                                                           coulomb.data_ptr<scalar_t>(),
                                                           dispersion.data_ptr<scalar_t>(), stream),
@@ -51,27 +46,17 @@ LongRangeGrads long_range_backward_cuda(const at::Tensor& grad_coulomb, const at
   const LongRangeInputs in = check_long_range(positions, box, row_ptr, senders, shifts, charges, polarizabilities, c6,
                                               cutoff, coulomb_constant, sigma, coulomb_switch_on,
                                               dispersion_switch_on, dispersion_scale);
-  const at::Tensor gc = check_long_range_grad("grad_coulomb", grad_coulomb, in);
-  const at::Tensor gd = check_long_range_grad("grad_dispersion", grad_dispersion, in);
-  const bool with_box = box_grad && in.box.defined();
-  at::Tensor grad_positions = at::empty({in.num_atoms, 3}, in.positions.options());
-  at::Tensor grad_charges = at::empty({in.num_atoms}, in.positions.options());
-  at::Tensor grad_polarizabilities = at::empty({in.num_atoms}, in.positions.options());
-  at::Tensor grad_c6 = at::empty({in.num_atoms}, in.positions.options());
-  at::Tensor box_partials = with_box ? at::zeros({in.num_atoms, 3, 3}, in.positions.options()) : at::Tensor();
+  const LongRangeBackward b = long_range_backward_buffers(in, grad_coulomb, grad_dispersion, box_grad);
   if (in.num_atoms > 0) {
     AT_DISPATCH_FLOATING_TYPES(in.positions.scalar_type(), "long_range_energy_backward_cuda", [&] {
-      const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(positions.device().index()).stream();
-      check_launch(cuda::launch_long_range_energy_backward<scalar_t>(
-                       long_range_params<scalar_t>(in), in.num_atoms, gc.data_ptr<scalar_t>(),
-                       gd.data_ptr<scalar_t>(), grad_positions.data_ptr<scalar_t>(),
-                       grad_charges.data_ptr<scalar_t>(), grad_polarizabilities.data_ptr<scalar_t>(),
-                       grad_c6.data_ptr<scalar_t>(), with_box ? box_partials.data_ptr<scalar_t>() : nullptr, stream),
+      const cudaStream_t stream = stream_of(positions);
+      check_launch(cuda::launch_long_range_energy_backward<scalar_t>(long_range_params<scalar_t>(in),
+                                                                     long_range_gradients<scalar_t>(b), in.num_atoms,
+                                                                     stream),
                    "viskrates::long_range_energy_backward");
     });
   }
-  at::Tensor grad_box = with_box ? box_partials.sum(0) : at::Tensor();
-  return {grad_positions, grad_box, grad_charges, grad_polarizabilities, grad_c6};
+  return long_range_grads(b);
 }
 
 }  // namespace

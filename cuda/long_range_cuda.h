@@ -17,13 +17,11 @@ template <typename T>
 cudaError_t launch_long_range_energy(const lr::Params<T>& p, int64_t num_atoms, T* coulomb_energies,
                                      T* dispersion_energies, cudaStream_t stream);
 
-// grad_positions [N, 3], grad_charges, grad_polarizabilities, grad_c6 [N] and, when box_partials [N, 3, 3] is
-// non-null, each atom's share of the box gradient, from the upstream gradients g_coulomb, g_dispersion [N];
-// one thread per receiver (each output has one writer: deterministic).
+// The outputs of g (gradients of positions, charges, polarisabilities, C6 and, when g.box_partials is non-null,
+// each atom's share of the box gradient) from its upstream gradients; one thread per receiver (each output
+// has one writer: deterministic).
 template <typename T>
-cudaError_t launch_long_range_energy_backward(const lr::Params<T>& p, int64_t num_atoms, const T* g_coulomb,
-                                              const T* g_dispersion, T* grad_positions, T* grad_charges,
-                                              T* grad_polarizabilities, T* grad_c6, T* box_partials,
+cudaError_t launch_long_range_energy_backward(const lr::Params<T>& p, const lr::Gradients<T>& g, int64_t num_atoms,
                                               cudaStream_t stream);
 
 }  // namespace cuda

@@ -2,15 +2,12 @@
 // cpp/neighbor_list_kernel.h (the same functions the CPU launcher runs).
 #include <cuda_runtime.h>
 
+#include "launch_config.h"
 #include "neighbor_list_cuda.h"
 
 namespace viskrates {
 namespace cuda {
 namespace {
-
-constexpr int kThreads = 128;
-
-inline unsigned int num_blocks(int64_t n) { return static_cast<unsigned int>((n + kThreads - 1) / kThreads); }
 
 template <typename scalar_t>
 __global__ void assign_cells_kernel(const scalar_t* positions, const int* mol, const nl::Grid* grids, bool periodic,
@@ -54,14 +51,14 @@ __global__ void fill_edges_kernel(const nl::SearchData<scalar_t> data, int64_t n
 template <typename scalar_t>
 cudaError_t launch_assign_cells(const scalar_t* positions, const int* mol, const nl::Grid* grids, bool periodic,
                                 int64_t n, double* frac, int* coords, int64_t* cell, cudaStream_t stream) {
-  assign_cells_kernel<scalar_t><<<num_blocks(n), kThreads, 0, stream>>>(positions, mol, grids, periodic, n, frac,
+  assign_cells_kernel<scalar_t><<<thread_blocks(n), kThreads, 0, stream>>>(positions, mol, grids, periodic, n, frac,
                                                                         coords, cell);
   return cudaGetLastError();
 }
 
 template <typename scalar_t>
 cudaError_t launch_count_edges(const nl::SearchData<scalar_t>& data, int64_t n, int64_t* counts, cudaStream_t stream) {
-  count_edges_kernel<scalar_t><<<num_blocks(n), kThreads, 0, stream>>>(data, n, counts);
+  count_edges_kernel<scalar_t><<<thread_blocks(n), kThreads, 0, stream>>>(data, n, counts);
   return cudaGetLastError();
 }
 
@@ -69,7 +66,7 @@ template <typename scalar_t>
 cudaError_t launch_fill_edges(const nl::SearchData<scalar_t>& data, int64_t n, const int64_t* row_ptr,
                               int64_t* receivers, int64_t* senders, scalar_t* shifts, scalar_t* vectors,
                               cudaStream_t stream) {
-  fill_edges_kernel<scalar_t><<<num_blocks(n), kThreads, 0, stream>>>(data, n, row_ptr, receivers, senders, shifts,
+  fill_edges_kernel<scalar_t><<<thread_blocks(n), kThreads, 0, stream>>>(data, n, row_ptr, receivers, senders, shifts,
                                                                       vectors);
   return cudaGetLastError();
 }

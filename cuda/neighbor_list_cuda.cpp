@@ -9,27 +9,22 @@
 #include <ATen/ops/sort.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <cstring>
 
+#include "cuda_glue.h"
 #include "neighbor_list.h"
 #include "neighbor_list_cuda.h"
 
 namespace viskrates {
 namespace {
 
-void check_launch(cudaError_t status, const char* kernel) {
-  TORCH_CHECK(status == cudaSuccess, "viskrates::neighbor_list: launching ", kernel, " failed: ",
-              cudaGetErrorString(status));
-}
-
 template <typename scalar_t>
 NeighborListResult neighbor_list_cuda_impl(const NeighborListSetup& s, bool self_loops) {
   const int64_t n = s.positions.size(0);
   const at::Device device = s.positions.device();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
+  const cudaStream_t stream = stream_of(s.positions);
   const auto index_options = s.positions.options().dtype(at::kLong);
 
   const int64_t grid_bytes = static_cast<int64_t>(s.grids.size() * sizeof(nl::Grid));
@@ -45,7 +40,7 @@ NeighborListResult neighbor_list_cuda_impl(const NeighborListSetup& s, bool self
   check_launch(cuda::launch_assign_cells<scalar_t>(s.positions.data_ptr<scalar_t>(), mol, grids_ptr, s.periodic, n,
                                                    s.periodic ? frac.data_ptr<double>() : nullptr,
                                                    coords.data_ptr<int>(), cell.data_ptr<int64_t>(), stream),
-               "assign_cells");
+               "viskrates::neighbor_list (assign_cells)");
   // atoms by cell, ascending atom index within a cell (stable sort)
   const at::Tensor cell_atoms = std::get<1>(at::sort(cell, /*stable=*/true, /*dim=*/0, /*descending=*/false));
   const at::Tensor cell_start =
@@ -70,7 +65,8 @@ NeighborListResult neighbor_list_cuda_impl(const NeighborListSetup& s, bool self
   d.self_loops = self_loops;
 
   const at::Tensor counts = at::empty({n}, index_options);
-  check_launch(cuda::launch_count_edges<scalar_t>(d, n, counts.data_ptr<int64_t>(), stream), "count_edges");
+  check_launch(cuda::launch_count_edges<scalar_t>(d, n, counts.data_ptr<int64_t>(), stream),
+               "viskrates::neighbor_list (count_edges)");
   const at::Tensor row_ptr = at::cat({at::zeros({1}, index_options), at::cumsum(counts, 0)});
   const int64_t num_edges = row_ptr[n].item<int64_t>();
 
@@ -82,7 +78,7 @@ NeighborListResult neighbor_list_cuda_impl(const NeighborListSetup& s, bool self
     check_launch(cuda::launch_fill_edges<scalar_t>(d, n, row_ptr.data_ptr<int64_t>(), receivers.data_ptr<int64_t>(),
                                                    senders.data_ptr<int64_t>(), shifts.data_ptr<scalar_t>(),
                                                    vectors.data_ptr<scalar_t>(), stream),
-                 "fill_edges");
+                 "viskrates::neighbor_list (fill_edges)");
     // Canonical order. Receivers are already grouped; a sender occurs at most once per receiver, so the
     // key receiver·N + sender is unique and a plain sort suffices.
     const at::Tensor order = std::get<1>(at::sort(receivers.mul(n).add(senders)));

@@ -3,18 +3,12 @@
 // function with a fixed lane-to-edge assignment and shuffle order, so results are deterministic.
 #include <cuda_runtime.h>
 
+#include "launch_config.h"
 #include "rgc_cuda.h"
 
 namespace viskrates {
 namespace cuda {
 namespace {
-
-constexpr int kThreads = 128;
-constexpr int kWarp = 32;
-
-inline unsigned int thread_blocks(int64_t threads) {
-  return static_cast<unsigned int>((threads + kThreads - 1) / kThreads);
-}
 
 template <typename T>
 __global__ void rgc_geometry_kernel(const rgc::Geometry<T> p, int64_t num_edges, T* harmonics, T* cutoff_weights,

@@ -5,18 +5,14 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "cuda_glue.h"
 #include "rgc.h"
 #include "rgc_cuda.h"
 
 namespace viskrates {
 namespace {
-
-void check_launch(cudaError_t status, const char* op) {
-  TORCH_CHECK(status == cudaSuccess, op, ": kernel launch failed: ", cudaGetErrorString(status));
-}
 
 template <typename T>
 const T* data_or_null(const at::Tensor& t) {
@@ -32,7 +28,7 @@ RgcOutputs geometry_cuda(const at::Tensor& edge_vectors, const at::Tensor& recei
   at::Tensor radial = at::empty({in.num_edges, in.K}, in.edge_vectors.options());
   if (in.num_edges == 0) return {harmonics, weights, radial};
   AT_DISPATCH_FLOATING_TYPES(in.edge_vectors.scalar_type(), "rgc_geometry_cuda", [&] {
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(edge_vectors.device().index()).stream();
+    const cudaStream_t stream = stream_of(edge_vectors);
     check_launch(cuda::launch_rgc_geometry<scalar_t>(rgc_params<scalar_t>(in), in.num_edges,
                                                      harmonics.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>(),
                                                      radial.data_ptr<scalar_t>(), stream),
@@ -61,7 +57,7 @@ RgcGrads geometry_backward_cuda(const std::optional<at::Tensor>& grad_harmonics,
   }
   if (E == 0) return {grad_edge_vectors, grad_means, grad_betas};
   AT_DISPATCH_FLOATING_TYPES(in.edge_vectors.scalar_type(), "rgc_geometry_backward_cuda", [&] {
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(edge_vectors.device().index()).stream();
+    const cudaStream_t stream = stream_of(edge_vectors);
     check_launch(cuda::launch_rgc_geometry_backward<scalar_t>(
                      rgc_params<scalar_t>(in), E, data_or_null<scalar_t>(gy), data_or_null<scalar_t>(gw),
                      data_or_null<scalar_t>(gr), grad_edge_vectors.data_ptr<scalar_t>(),

@@ -5,14 +5,13 @@
 // and every output element has a single writer: results are deterministic.
 #include <cuda_runtime.h>
 
+#include "launch_config.h"
 #include "vismp_cuda.h"
 
 namespace viskrates {
 namespace cuda {
 namespace {
 
-constexpr int kWarp = 32;
-constexpr int kThreads = 128;
 constexpr int kWarpsPerBlock = kThreads / kWarp;
 
 inline unsigned int num_blocks(int64_t n) {
@@ -164,10 +163,6 @@ __global__ void attention_senders_backward_kernel(const vismp::Graph<T> graph, i
     const int64_t e = graph.col_edges[k];
     vismp::attention_edge_backward_sender<0>(p, g, e, graph.receivers[e], j, h, grad_key, grad_value);
   }
-}
-
-inline unsigned int thread_blocks(int64_t threads) {
-  return static_cast<unsigned int>((threads + kThreads - 1) / kThreads);
 }
 
 }  // namespace

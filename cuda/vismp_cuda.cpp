@@ -6,20 +6,14 @@
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "cuda_glue.h"
 #include "vismp.h"
 #include "vismp_cuda.h"
 
 namespace viskrates {
 namespace {
-
-void check_launch(cudaError_t status, const char* op) {
-  TORCH_CHECK(status == cudaSuccess, op, ": kernel launch failed: ", cudaGetErrorString(status));
-}
-
-cudaStream_t stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
 
 at::Tensor vector_message_cuda(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
                                const at::Tensor& col_ptr, const at::Tensor& col_edges,
