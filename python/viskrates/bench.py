@@ -8,6 +8,9 @@ box for every backend; deterministic). Each case runs in its own Python subproce
   machine may be shared; the spread is printed as the median too);
 * cpu ms: the process CPU time of that best step (all threads; less sensitive than wall time to other
   processes competing for the cores, and equal to it for one thread on an idle machine);
+* sys ms: the part of cpu ms spent in the kernel, mostly page faults: glibc's allocator returns large
+  tensors to the system when they are freed, so every step faults its working set in again (a caching
+  allocator such as tcmalloc, preloaded with ``LD_PRELOAD``, avoids it);
 * µs/atom/step: ms/step per atom;
 * peak RSS: the subprocess's ``ru_maxrss`` (whole process: Python, torch, the model and the steps);
   step Δ: ``ru_maxrss`` minus the resident set size just before the first step, i.e. the memory the
@@ -50,8 +53,8 @@ _MODELLER_WATER_DENSITY = 32.0
 SO3LR_LR_CUTOFF = 12.0  # Å, the official default
 # smallest box edge (Å): periodic boxes must be twice the largest cutoff wide (ViSNet 5 Å, SO3LR ≥ 4.5 Å)
 MIN_BOX_EDGE = 10.2
-COLUMNS = ("model", "backend", "atoms", "cutoff", "ms/step", "median ms", "cpu ms", "us/atom/step", "peak RSS MiB",
-           "step dMiB", "speed-up")
+COLUMNS = ("model", "backend", "atoms", "cutoff", "ms/step", "median ms", "cpu ms", "sys ms", "us/atom/step",
+           "peak RSS MiB", "step dMiB", "speed-up")
 
 
 # Peak resident memory of one case as base (GiB) + slope (MiB per atom), float32 (float64: slope doubled),
@@ -176,16 +179,18 @@ def run_case(model: str, backend: str, system_path: str, threads: int, repeats: 
 
     rss_before = _resident_mib()
     step()  # warm-up: allocator, first-call overheads (eager models: one step suffices)
-    times, cpu_times = [], []
+    times, cpu_times, sys_times = [], [], []
     for _ in range(repeats):
         start, cpu_start = time.perf_counter(), time.process_time()
+        sys_start = resource.getrusage(resource.RUSAGE_SELF).ru_stime
         step()
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
+        sys_times.append(resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys_start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
     best = min(range(repeats), key=lambda k: times[k])
     result.update(available=True, cutoff=float(cutoff), seconds=times[best], median_seconds=statistics.median(times),
-                  cpu_seconds=cpu_times[best], peak_mib=peak, step_mib=peak - rss_before)
+                  cpu_seconds=cpu_times[best], sys_seconds=sys_times[best], peak_mib=peak, step_mib=peak - rss_before)
     return result
 
 
@@ -211,12 +216,12 @@ def format_table(results: Sequence[Dict]) -> List[str]:
         if not r.get("available"):
             status = "skipped" if r.get("skipped") else "failed" if r.get("failed") else "not available"
             rows.append([r["model"], r["backend"], str(r.get("atoms", "-")), "-", status, "-", "-", "-", "-", "-",
-                         "-"])
+                         "-", "-"])
             continue
         ref = reference_times.get((r["model"], r["atoms"]))
         speed_up = f"{ref / r['seconds']:.2f}x" if ref is not None and r["backend"] != "reference" else "-"
         rows.append([r["model"], r["backend"], str(r["atoms"]), f"{r['cutoff']:.2f}", f"{r['seconds'] * 1e3:.1f}",
-                     f"{r['median_seconds'] * 1e3:.1f}", f"{r['cpu_seconds'] * 1e3:.1f}",
+                     f"{r['median_seconds'] * 1e3:.1f}", f"{r['cpu_seconds'] * 1e3:.1f}", f"{r['sys_seconds'] * 1e3:.1f}",
                      f"{r['seconds'] / r['atoms'] * 1e6:.1f}",
                      f"{r['peak_mib']:.0f}", f"{r['step_mib']:.0f}", speed_up])
     widths = [max(len(row[k]) for row in rows) for k in range(len(COLUMNS))]
@@ -343,7 +348,7 @@ def run_benchmark(models: Sequence[str] = MODELS, sizes: Sequence[int] = DEFAULT
     print("estimated peak memory (GiB, limit " + ("none" if limit is None else f"{limit:.1f}") + "): "
           + ", ".join(f"{r['model']} {r['backend']} {r['atoms']}: {r['memory_estimate_gib']:.1f}" for r in results),
           file=out)
-    print("ms/step: best of the repeats (wall); cpu ms: process CPU time of that step; speed-up: reference ms / "
+    print("ms/step: best of the repeats (wall); cpu ms: process CPU time of that step; sys ms: its kernel part (page faults); speed-up: reference ms / "
           "fused ms; peak RSS: ru_maxrss of the case's process; step dMiB: ru_maxrss minus the resident size "
           "before the first step", file=out)
     if ptxas:
