@@ -280,3 +280,25 @@ def test_shifted_force_coulomb_vanishes_smoothly_at_cutoff():
     assert abs(float(energy[2]) - 14.399645351950548 * (v(3.0) - v(rc))) < 1e-12
     s = smooth_switch(torch.tensor([0.0, 5.4, 12.0, 13.0], dtype=torch.float64), 5.4, 12.0)
     assert s.tolist() == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_bernstein_basis_matches_binomial_formula_without_subnormals():
+    """b_k(d) = C(31, k) x^k (1 − x)^(31−k), x = exp(−γd), from math.comb in float64 (FORMULAS §2); in float32
+    the values below the smallest normal number are 0 (they slow x86 arithmetic several-fold) and the
+    rest agree to float32 rounding."""
+    from viskrates.nn import BernsteinBasis
+
+    gamma = 0.94486308097839355
+    basis = BernsteinBasis(32, gamma)
+    distances = np.linspace(0.3, 4.5, 400)
+    x = np.exp(-gamma * distances)[:, None]
+    k = np.arange(32)
+    expected = np.array([math.comb(31, int(j)) for j in k]) * x ** k * (1.0 - x) ** (31 - k)
+    np.testing.assert_allclose(basis(torch.from_numpy(distances)).numpy(), expected, rtol=1e-12, atol=0.0)
+    single = basis(torch.from_numpy(distances).float()).double().numpy()
+    smallest_normal = float(torch.finfo(torch.float32).tiny)
+    assert np.count_nonzero(expected < smallest_normal) > 100  # the range covers the subnormal tail
+    assert not np.any((single > 0) & (single < smallest_normal))
+    normal = expected > 2.0 * smallest_normal
+    np.testing.assert_allclose(single[normal], expected[normal], rtol=2e-5)
+    assert np.all(single[expected < 0.5 * smallest_normal] == 0.0)
