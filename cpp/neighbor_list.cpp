@@ -9,8 +9,11 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/floor.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/isfinite.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/nonzero.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
@@ -204,6 +207,13 @@ NeighborListSetup setup_neighbor_list(const at::Tensor& positions, const std::op
     }
     grid_dims(widths, cell_min, std::max(8.0, 2.0 * n), g.n);
     g.first_cell = 0;
+    s.prefilter = std::min({g.n[0], g.n[1], g.n[2]}) >= 2 * nl::kCellsPerCutoff + 1;
+    // both separations round positions, box vectors and their sums: a few ulps of the largest of them
+    const double eps = positions.scalar_type() == at::kFloat ? std::numeric_limits<float>::epsilon()
+                                                             : std::numeric_limits<double>::epsilon();
+    double box_sum = 0.0;
+    for (int k = 0; k < 9; ++k) box_sum += std::abs(b[k]);
+    s.prefilter_cutoff = cutoff * (1.0 + 1e-6) + 32.0 * eps * (max_abs + box_sum + cutoff);
     s.grids.push_back(g);
     s.num_cells = static_cast<int64_t>(g.n[0]) * g.n[1] * g.n[2];
     return s;
@@ -224,6 +234,12 @@ NeighborListSetup setup_neighbor_list(const at::Tensor& positions, const std::op
   }
   s.num_cells = first_cell;
   return s;
+}
+
+at::Tensor wrapped_positions(const NeighborListSetup& s, const at::Tensor& frac) {
+  const at::Tensor box = at::from_blob(const_cast<double*>(s.box), {3, 3}, at::TensorOptions().dtype(at::kDouble))
+                             .to(frac.device());
+  return s.positions.to(at::kDouble).sub(at::mm(at::floor(frac), box)).to(s.positions.scalar_type()).contiguous();
 }
 
 NeighborListResult empty_neighbor_list(const at::Tensor& positions) {
@@ -260,13 +276,20 @@ NeighborListResult neighbor_list_cpu_impl(const NeighborListSetup& s, bool self_
   for (int64_t c = 0; c < s.num_cells; ++c) cell_start[c + 1] += cell_start[c];
   std::vector<int64_t> next(cell_start.begin(), cell_start.end() - 1), cell_atoms(n);
   for (int64_t i = 0; i < n; ++i) cell_atoms[next[cell[i]]++] = i;
+  at::Tensor wrapped;
+  if (s.prefilter) {
+    wrapped = wrapped_positions(s, at::from_blob(frac.data(), {n, 3}, at::TensorOptions().dtype(at::kDouble)));
+  }
+  const scalar_t* wrap = s.prefilter ? wrapped.data_ptr<scalar_t>() : nullptr;
   std::vector<scalar_t> sorted_positions(3 * n);
   std::vector<double> sorted_frac(s.periodic ? 3 * n : 0);
+  std::vector<scalar_t> sorted_wrapped(s.prefilter ? 3 * n : 0);
   for (int64_t p = 0; p < n; ++p) {
     const int64_t i = cell_atoms[p];
     for (int k = 0; k < 3; ++k) {
       sorted_positions[3 * p + k] = pos[3 * i + k];
       if (s.periodic) sorted_frac[3 * p + k] = frac[3 * i + k];
+      if (s.prefilter) sorted_wrapped[3 * p + k] = wrap[3 * i + k];
     }
   }
 
@@ -280,8 +303,11 @@ NeighborListResult neighbor_list_cpu_impl(const NeighborListSetup& s, bool self_
   d.cell_atoms = cell_atoms.data();
   d.sorted_positions = sorted_positions.data();
   d.sorted_frac = s.periodic ? sorted_frac.data() : nullptr;
+  d.wrapped = wrap;
+  d.sorted_wrapped = s.prefilter ? sorted_wrapped.data() : nullptr;
   for (int k = 0; k < 9; ++k) d.box[k] = static_cast<scalar_t>(s.box[k]);
   d.cutoff2 = static_cast<scalar_t>(s.cutoff * s.cutoff);
+  d.prefilter_cutoff2 = static_cast<scalar_t>(s.prefilter_cutoff * s.prefilter_cutoff);
   d.periodic = s.periodic;
   d.self_loops = self_loops;
 

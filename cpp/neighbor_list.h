@@ -23,7 +23,15 @@ struct NeighborListSetup {
   bool periodic = false;
   double box[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};  // row-major, rows are box vectors
   double cutoff = 0.0;
+  // for_each_neighbor's prefilter applies (periodic, at least 2·kCellsPerCutoff + 1 cells per axis) with this
+  // radius: the cutoff plus a bound on the rounding difference of the prefilter's separations
+  bool prefilter = false;
+  double prefilter_cutoff = 0.0;
 };
+
+// Positions wrapped into the box, positions - floor(frac) @ box, in the positions' dtype and on their device
+// (frac [N, 3] double: the unwrapped fractional coordinates of nl::assign_cell); for the prefilter.
+at::Tensor wrapped_positions(const NeighborListSetup& s, const at::Tensor& frac);
 
 // Checks the inputs (raising c10::ValueError, i.e. Python ValueError, with the reference's messages)
 // and builds the grids. Synchronises with the device once to read the bounding boxes.

@@ -48,6 +48,8 @@ NeighborListResult neighbor_list_cuda_impl(const NeighborListSetup& s, bool self
 
   const at::Tensor sorted_positions = s.positions.index_select(0, cell_atoms);
   const at::Tensor sorted_frac = s.periodic ? frac.index_select(0, cell_atoms) : frac;
+  const at::Tensor wrapped = s.prefilter ? wrapped_positions(s, frac) : at::Tensor();
+  const at::Tensor sorted_wrapped = s.prefilter ? wrapped.index_select(0, cell_atoms) : at::Tensor();
 
   nl::SearchData<scalar_t> d{};
   d.positions = s.positions.data_ptr<scalar_t>();
@@ -59,8 +61,11 @@ NeighborListResult neighbor_list_cuda_impl(const NeighborListSetup& s, bool self
   d.cell_atoms = cell_atoms.data_ptr<int64_t>();
   d.sorted_positions = sorted_positions.data_ptr<scalar_t>();
   d.sorted_frac = s.periodic ? sorted_frac.data_ptr<double>() : nullptr;
+  d.wrapped = s.prefilter ? wrapped.data_ptr<scalar_t>() : nullptr;
+  d.sorted_wrapped = s.prefilter ? sorted_wrapped.data_ptr<scalar_t>() : nullptr;
   for (int k = 0; k < 9; ++k) d.box[k] = static_cast<scalar_t>(s.box[k]);
   d.cutoff2 = static_cast<scalar_t>(s.cutoff * s.cutoff);
+  d.prefilter_cutoff2 = static_cast<scalar_t>(s.prefilter_cutoff * s.prefilter_cutoff);
   d.periodic = s.periodic;
   d.self_loops = self_loops;
 

@@ -136,6 +136,39 @@ def test_dense_periodic_brute_force_numpy():
     np.testing.assert_array_equal(result[3].numpy(), shifts)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_pairs_at_the_cutoff_across_faces_far_from_the_box(dtype):
+    """Pairs from 1e-6 to 1e-14 (relative) inside and outside the cutoff, each straddling a face of a
+    6-cells-per-axis box, translated by up to 40 box vectors: the cell-image prefilter must pass every pair the
+    minimum-image test keeps, down to the rounding of the separations."""
+    g = torch.Generator().manual_seed(9)
+    box = torch.tensor([[18.0, 0.0, 0.0], [2.0, 17.0, 0.0], [-3.0, 4.0, 19.0]], dtype=torch.float64)
+    cutoff = 3.0
+    first, second = [], []
+    offsets = [-1e-6, 1e-6, -1e-9, 1e-9, -1e-12, 1e-12, -1e-14, 1e-14]
+    count = 32
+    for k in range(count):
+        direction = torch.randn(3, generator=g, dtype=torch.float64)
+        direction /= direction.norm()
+        separation = cutoff * (1.0 + offsets[k % len(offsets)])
+        frac = torch.rand(3, generator=g, dtype=torch.float64)
+        frac[k % 3] = 1e-3  # on a face: the partner is across it
+        translation = torch.randint(-40, 41, (2, 3), generator=g).double() @ box
+        first.append(frac @ box + translation[0])
+        second.append(frac @ box - separation * direction + translation[1])
+    # 150 more atoms, so that the grid keeps 6 cells per axis (it has at most 2 cells per atom)
+    filler = torch.rand(150, 3, generator=g, dtype=torch.float64) @ box
+    positions = torch.cat([torch.stack(first + second), filler])
+    result = neighbor_list(positions.to(dtype), cutoff, box=box.to(dtype))
+    expected = neighbor_list_reference(positions.to(dtype), cutoff, box=box.to(dtype))
+    assert_same(result, expected, atol=1e-11 if dtype == torch.float64 else 1e-3)
+    if dtype == torch.float64:
+        # the pairs at least 1e-9 inside are edges, those at least 1e-9 outside are not
+        edges = set(zip(result[1].tolist(), result[2].tolist()))
+        clear = [k for k in range(count) if abs(offsets[k % len(offsets)]) >= 1e-9]
+        assert [(k, count + k) in edges for k in clear] == [offsets[k % len(offsets)] < 0 for k in clear]
+
+
 @pytest.mark.parametrize("self_loops", [False, True])
 def test_batch_keeps_molecules_apart(self_loops):
     g = torch.Generator().manual_seed(6)
