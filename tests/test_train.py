@@ -144,11 +144,14 @@ def test_bad_config_gives_clear_error(values, message):
         parse_config(values)
 
 
-def test_example_config_is_valid():
+def test_example_configs_are_valid():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     config = load_config(os.path.join(root, "examples", "train_visnet_rmd17.yaml"))
     assert config.model.name == "visnet" and config.data.train.energy_unit == "kcal/mol"
     assert os.path.exists(config.data.train.path)  # relative to the YAML file
+    config = load_config(os.path.join(root, "examples", "train_visnet_rmd17_ethanol.yaml"))
+    assert config.model.name == "visnet" and config.data.train.energy_unit == "eV"
+    assert os.path.exists(config.data.train.path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_config(os.path.join(root, "examples", "no_such_config.yaml"))
 
