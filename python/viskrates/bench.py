@@ -221,7 +221,8 @@ def format_table(results: Sequence[Dict]) -> List[str]:
         ref = reference_times.get((r["model"], r["atoms"]))
         speed_up = f"{ref / r['seconds']:.2f}x" if ref is not None and r["backend"] != "reference" else "-"
         rows.append([r["model"], r["backend"], str(r["atoms"]), f"{r['cutoff']:.2f}", f"{r['seconds'] * 1e3:.1f}",
-                     f"{r['median_seconds'] * 1e3:.1f}", f"{r['cpu_seconds'] * 1e3:.1f}", f"{r['sys_seconds'] * 1e3:.1f}",
+                     f"{r['median_seconds'] * 1e3:.1f}", f"{r['cpu_seconds'] * 1e3:.1f}",
+                     f"{r['sys_seconds'] * 1e3:.1f}",
                      f"{r['seconds'] / r['atoms'] * 1e6:.1f}",
                      f"{r['peak_mib']:.0f}", f"{r['step_mib']:.0f}", speed_up])
     widths = [max(len(row[k]) for row in rows) for k in range(len(COLUMNS))]
@@ -348,8 +349,8 @@ def run_benchmark(models: Sequence[str] = MODELS, sizes: Sequence[int] = DEFAULT
     print("estimated peak memory (GiB, limit " + ("none" if limit is None else f"{limit:.1f}") + "): "
           + ", ".join(f"{r['model']} {r['backend']} {r['atoms']}: {r['memory_estimate_gib']:.1f}" for r in results),
           file=out)
-    print("ms/step: best of the repeats (wall); cpu ms: process CPU time of that step; sys ms: its kernel part (page faults); speed-up: reference ms / "
-          "fused ms; peak RSS: ru_maxrss of the case's process; step dMiB: ru_maxrss minus the resident size "
+    print("ms/step: best of the repeats (wall); cpu ms: process CPU time of that step; sys ms: its kernel part "
+          "(page faults); speed-up: reference ms / fused ms; peak RSS: ru_maxrss of the case's process; step dMiB: ru_maxrss minus the resident size "
           "before the first step", file=out)
     if ptxas:
         for line in ptxas_report():
