@@ -92,14 +92,13 @@ def test_rows_table_and_cost_split(alanine_dipeptide, one_torch_thread):
             measured = [split["model"], split["neighbor_list"], split["openmm"]]
             assert all(part > 0 for part in measured), split
             assert sum(measured) + split["rest"] == pytest.approx(total)
-        # The parts, measured separately, must not add up to more than the step they are parts of. Checked in
-        # process CPU time: wall times of separate measurements on a shared machine depend on what the other
-        # processes do meanwhile (and PME runs concurrently with the ML force, so wall-time parts overlap).
-        # PythonForce evaluates the module exactly as it is timed (a Python call); TorchForce calls it from C++,
-        # which took up to ~1.4x less CPU time than the Python call in measurements here, hence the wider bound.
+        # The parts, measured separately, must not add up to far more than the step they are parts of. Checked in
+        # process CPU time (wall-time parts overlap: PME runs concurrently with the ML force). The bound is loose on
+        # purpose: on a loaded CI machine the OpenMM-only step alone took 1.2x the CPU time of a whole step (cache
+        # and frequency effects), so a tight bound is a timing assertion. A split summed over its repeats instead
+        # of taken per call, or in the wrong unit, exceeds it by at least the 5 repeats.
         cpu = row["split_cpu"]
-        bound = (1.25 if row["backend"] == "python" else 1.6) * row["cpu_seconds_per_step"] + 2e-3
-        assert cpu["model"] + cpu["neighbor_list"] + cpu["openmm"] <= bound, row
+        assert cpu["model"] + cpu["neighbor_list"] + cpu["openmm"] <= 3.0 * row["cpu_seconds_per_step"] + 2e-3, row
         assert row["model_total_seconds"] == pytest.approx(row["split"]["model"] + row["split"]["neighbor_list"])
 
     table = bench_openmm.format_table(rows)
