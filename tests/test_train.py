@@ -10,6 +10,7 @@ from viskrates.train import (ExponentialMovingAverage, Structure, Trainer, expor
                              load_config, load_exported, model_from_checkpoint, parse_config, read_extxyz, read_npz,
                              split_dataset)
 from viskrates.train.data import batches, collate
+from viskrates.train.trainer import evaluate_batch
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "train")
 ETHANOL = os.path.join(DATA, "ethanol_12.xyz")
@@ -138,6 +139,9 @@ def test_collate_batches_variable_sizes():
       "loss": {"dipole_weight": 1.0}}, "dipole output"),
     ({"model": {"name": "visnet"}, "data": {"train": {"path": "x.xyz", "energy_unit": "eV"}},
       "training": {"batch_size": 0}}, "training.batch_size must be a positive integer"),
+    ({"model": {"name": "visnet", "initial_weights": "run/checkpoint_best.pt"},
+      "data": {"train": {"path": "x.xyz", "energy_unit": "eV"}, "energy_shifts": "isolated.xyz"}},
+     "initial_weights carries its per-element energies"),
 ])
 def test_bad_config_gives_clear_error(values, message):
     with pytest.raises(ValueError, match=message):
@@ -273,6 +277,35 @@ def test_resume_continues_bitwise(tmp_path):
         config = tiny_config(tmp_path / "c")
         config.data.seed = 4
         Trainer(config, resume=str(tmp_path / "b" / "checkpoint_last.pt"))
+
+
+def test_initial_weights_start_a_fresh_run_from_the_ema_weights(tmp_path):
+    first = Trainer(tiny_config(tmp_path / "a", epochs=2))
+    first.fit()
+    config = tiny_config(tmp_path / "b", epochs=2)
+    config.model.initial_weights = str(tmp_path / "a" / "checkpoint_last.pt")
+    warm = Trainer(config)
+    assert (warm.epoch, warm.step, warm.history) == (0, 0, [])
+    assert all(not state for state in warm.optimizer.state.values())  # fresh AdamW moments
+    first.ema.swap()
+    batch = collate(warm.train_set, torch.float64)
+    old, new = (evaluate_batch(model, batch, True, False) for model in (first.model, warm.model))
+    torch.testing.assert_close(new["forces"], old["forces"], rtol=0, atol=1e-12)
+    # the per-element energies are refitted as an offset to the (possibly new) reference level: on the same data
+    # ethanol's one composition moves all energies by one constant that zeroes the mean training residual
+    shift = (new["energy"] - old["energy"]).detach()
+    torch.testing.assert_close(shift, shift[0].expand_as(shift), rtol=0, atol=1e-10)
+    assert float((batch["energy"] - new["energy"]).detach().mean()) == pytest.approx(0.0, abs=1e-10)
+    assert abs(float(shift[0])) > 1e-6  # the offset really was refitted, so the mean-residual check can fail
+    warm.fit()
+    assert warm.history[-1]["epoch"] == 2
+
+    config.model.options = {**config.model.options, "hidden_channels": 8}
+    with pytest.raises(ValueError, match="holds model"):
+        Trainer(config)
+    config.model.initial_weights = str(tmp_path / "missing.pt")
+    with pytest.raises(FileNotFoundError, match="initial_weights"):
+        Trainer(config)
 
 
 def test_export_equals_in_memory_model_and_loads_in_openmm(tmp_path):

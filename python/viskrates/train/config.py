@@ -40,6 +40,9 @@ class ModelConfig:
     name: str = ""
     dtype: str = "float32"
     options: Dict[str, Any] = field(default_factory=dict)
+    # a viskrates checkpoint of the same model (name, dtype, options) whose EMA weights start a new run: a warm
+    # restart with a fresh optimizer and schedule, or fine-tuning on other data
+    initial_weights: Optional[str] = None
 
 
 @dataclass
@@ -144,6 +147,9 @@ def _check(config: TrainConfig) -> None:
 
     if config.model.name not in MODEL_NAMES:
         raise ValueError(f"model.name must be one of {list(MODEL_NAMES)}, got {config.model.name!r}")
+    if config.model.initial_weights is not None and config.data.energy_shifts != "least_squares":
+        raise ValueError("model.initial_weights carries its per-element energies: use data.energy_shifts "
+                         "'least_squares' (fits only the offset to the new reference level)")
     if config.model.dtype not in ("float32", "float64"):
         raise ValueError(f"model.dtype must be 'float32' or 'float64', got {config.model.dtype!r}")
     for section in ("train", "validation", "test"):
@@ -194,7 +200,7 @@ def parse_config(values: Dict[str, Any], base_dir: str = ".") -> TrainConfig:
     """Build and validate a :class:`TrainConfig` from a dict (as read from YAML).
 
     Relative data paths are taken relative to ``base_dir`` (the directory of the YAML file);
-    ``training.output_dir`` relative to the working directory.
+    ``training.output_dir`` and ``model.initial_weights`` (run outputs) relative to the working directory.
 
     Raises:
         ValueError: unknown keys (named with their section), missing required keys (model.name,

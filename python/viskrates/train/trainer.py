@@ -257,11 +257,13 @@ class Trainer:
     A checkpoint holds the config, the model, optimizer, scheduler and EMA states, the RNG states, the epoch and
     step, the early-stopping state and the training-data hash; ``Trainer(config, resume=path)`` continues from it
     and reproduces an uninterrupted run bitwise (same hardware and threads), because each epoch's batch order is
-    drawn from (seed, epoch) only.
+    drawn from (seed, epoch) only. ``model.initial_weights`` instead starts a new run from a checkpoint's EMA
+    weights (a warm restart, or fine-tuning on other data).
 
     Raises:
         ValueError: bad config or data (see :func:`~viskrates.train.config.parse_config`), a checkpoint from
-            another config or data set.
+            another config or data set, initial weights of another model.
+        FileNotFoundError: ``model.initial_weights`` does not exist.
     """
 
     def __init__(self, config: TrainConfig, resume: Optional[str] = None, rank: Optional[int] = None,
@@ -282,6 +284,8 @@ class Trainer:
         np.random.seed(t.seed)
         self.model = build_model(config.model.name, config.model.options, self.dtype)
         if resume is None:
+            if config.model.initial_weights is not None:
+                self._load_initial_weights(config.model.initial_weights)
             self._initialise_energy_scale_and_shifts()
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         o = config.optimizer
@@ -299,15 +303,39 @@ class Trainer:
             self.load_checkpoint(resume)
 
     # -- set-up
+    def _load_initial_weights(self, path: str) -> None:
+        """Start from the EMA weights (and energy scale and shifts) of the viskrates checkpoint at ``path``.
+
+        Raises:
+            FileNotFoundError: no such file. ValueError: not a viskrates checkpoint, or one of another model
+                (name, dtype or options).
+        """
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"model.initial_weights: {path} does not exist")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or state.get("format") != "viskrates-checkpoint":
+            raise ValueError(f"model.initial_weights: {path} is not a viskrates training checkpoint")
+        theirs, ours = dict(state["config"]["model"]), self.config.to_dict()["model"]
+        for model_config in (theirs, ours):
+            model_config.pop("initial_weights", None)  # a chain of warm restarts is still the same model
+        if theirs != ours:
+            raise ValueError(f"model.initial_weights: {path} holds model {theirs}, not {ours}")
+        self.model.load_state_dict(state["model"])
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        with torch.no_grad():
+            for p, average in zip(trainable, state["ema"]["shadow"], strict=True):
+                p.copy_(average)
+
     def _initialise_energy_scale_and_shifts(self) -> None:
+        pretrained = self.config.model.name == "so3lr" or self.config.model.initial_weights is not None
         _, force_rms = label_statistics(self.train_set)
-        if self.config.model.name != "so3lr":
+        if not pretrained:
             _set_energy_scale(self.model, force_rms)
         table = energy_shift_table(self.model)
         shifts_source = self.config.data.energy_shifts
         if shifts_source == "least_squares":
             baseline = None
-            if self.config.model.name == "so3lr":
+            if pretrained:
                 # fine-tuning: fit only the offset between the pretrained model's and the new reference level
                 baseline = self.predict_energies(self.train_set)
             shifts = fit_energy_shifts(self.train_set, table.shape[0], baseline)
