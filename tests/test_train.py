@@ -279,6 +279,33 @@ def test_resume_continues_bitwise(tmp_path):
         Trainer(config, resume=str(tmp_path / "b" / "checkpoint_last.pt"))
 
 
+def test_cosine_schedule_anneals_within_the_time_budget(tmp_path, monkeypatch):
+    import math
+
+    import viskrates.train.trainer as trainer_module
+
+    clock = [1000.0]  # seconds; frozen unless a test line moves it
+    monkeypatch.setattr(trainer_module.time, "monotonic", lambda: clock[0])
+    config = tiny_config(tmp_path, epochs=1000, max_minutes=10.0)
+    config.scheduler.name, config.scheduler.min_lr, config.scheduler.warmup_steps = "cosine", 1e-5, 0
+    trainer = Trainer(config)
+    trainer.config.training.epochs = 1
+    trainer.fit()  # no time passes: the step count sets the schedule
+    steps = 1000 * trainer.step
+
+    def cosine(progress):
+        return 1e-5 + (2e-3 - 1e-5) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(cosine(trainer.step / steps), rel=1e-12)
+    for minutes, progress in ((6.0, 0.6), (11.0, 1.0)):  # 60 % of the budget spent, then more than all of it
+        clock[0] = 1000.0 + 60.0 * minutes
+        trainer.scheduler.step()
+        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(cosine(progress), rel=1e-12)
+    trainer.config.training.epochs = 5
+    trainer.fit()  # already over budget: stops after one epoch
+    assert trainer.epoch == 2 and trainer.history[-1]["minutes"] == pytest.approx(11.0)
+
+
 def test_initial_weights_start_a_fresh_run_from_the_ema_weights(tmp_path):
     first = Trainer(tiny_config(tmp_path / "a", epochs=2))
     first.fit()

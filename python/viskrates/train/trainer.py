@@ -287,6 +287,9 @@ class Trainer:
             if config.model.initial_weights is not None:
                 self._load_initial_weights(config.model.initial_weights)
             self._initialise_energy_scale_and_shifts()
+        self.history: List[Dict[str, float]] = []
+        self._fit_start: Optional[float] = None  # time.monotonic() when fit() started
+        self._minutes_before = 0.0  # training minutes before fit() started (a resumed run's history)
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         o = config.optimizer
         self.optimizer = torch.optim.AdamW(self.parameters, lr=o.lr, weight_decay=o.weight_decay,
@@ -298,7 +301,6 @@ class Trainer:
         self.step = 0
         self.best_loss = math.inf
         self.bad_epochs = 0
-        self.history: List[Dict[str, float]] = []
         if resume is not None:
             self.load_checkpoint(resume)
 
@@ -360,11 +362,16 @@ class Trainer:
         if s.name == "constant":
             return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
         floor = s.min_lr / base
+        budget = self.config.training.max_minutes
 
         def cosine(step: int) -> float:
             if step < s.warmup_steps:
                 return (step + 1) / s.warmup_steps
-            progress = min(1.0, (step - s.warmup_steps) / max(1, total_steps - s.warmup_steps))
+            progress = (step - s.warmup_steps) / max(1, total_steps - s.warmup_steps)
+            if budget is not None:
+                # a run that the time budget will stop (slow or shared machine) still anneals to min_lr
+                progress = max(progress, self.elapsed_minutes() / budget)
+            progress = min(1.0, progress)
             return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
         return torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine)
 
@@ -377,6 +384,13 @@ class Trainer:
                 out.append(self.model(b["atomic_numbers"], b["positions"], None, b["batch"],
                                       b["total_charge"])["energy"].double().numpy())
         return np.concatenate(out)
+
+    def elapsed_minutes(self) -> float:
+        """Training minutes so far: those of the checkpoint's history (a resumed run counts on) plus the time since
+        :meth:`fit` started."""
+        if self._fit_start is None:
+            return self.history[-1]["minutes"] if self.history else 0.0
+        return self._minutes_before + (time.monotonic() - self._fit_start) / 60.0
 
     # -- one step
     def compute_gradients(self, structures: Sequence[Structure]) -> float:
@@ -422,9 +436,9 @@ class Trainer:
         validation metrics (EMA weights)."""
         t = self.config.training
         os.makedirs(t.output_dir, exist_ok=True)
-        start = time.monotonic()
+        self._minutes_before = self.elapsed_minutes()
+        self._fit_start = time.monotonic()
         metrics: Dict[str, float] = self.history[-1] if self.history else {}
-        minutes_before = self.history[-1]["minutes"] if self.history else 0.0  # a resumed run counts on
         progress = None
         if t.progress and self.rank == 0:
             from tqdm import tqdm
@@ -443,7 +457,7 @@ class Trainer:
                     progress.update(1)
                     progress.set_description(f"epoch {self.epoch + 1}")
             self.epoch += 1
-            out_of_time = t.max_minutes is not None and (time.monotonic() - start) / 60.0 > t.max_minutes
+            out_of_time = t.max_minutes is not None and self.elapsed_minutes() > t.max_minutes
             if self.epoch % t.validate_every == 0 or self.epoch == t.epochs or out_of_time:
                 self.ema.swap()
                 metrics = validate(self.model, self.validation_set, self.config, self.dtype, self.rank,
@@ -452,7 +466,7 @@ class Trainer:
                 metrics = {"epoch": self.epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
                            "train_loss": float(np.mean(losses)),
                            **{"val_" + k: v for k, v in metrics.items()},
-                           "minutes": minutes_before + (time.monotonic() - start) / 60.0}
+                           "minutes": self.elapsed_minutes()}
                 self.history.append(metrics)
                 if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                     self.scheduler.step(metrics["val_loss"])
