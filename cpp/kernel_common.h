@@ -10,6 +10,10 @@
 #define VISKRATES_HD inline
 #endif
 
+// Marks a kernel body's output pointer as the only way to its memory, so the compiler may keep the inputs in
+// registers across the output's updates and vectorise the channel loops (GCC, Clang and nvcc spell it alike).
+#define VISKRATES_RESTRICT __restrict__
+
 namespace viskrates {
 // Math functions of the kernel bodies, called as math::exp(x) etc. with float or double x: in device code
 // CUDA's overloads of the global names, in host code those of std, so a body compiles unchanged for both
