@@ -18,7 +18,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -94,29 +93,29 @@ inline void prefetch_row(const T* row, int64_t count) {
 VectorMessageInputs check_vector_message(const at::Tensor& row_ptr, const at::Tensor& receivers,
                                          const at::Tensor& senders, const at::Tensor& col_ptr,
                                          const at::Tensor& col_edges, const std::optional<at::Tensor>& vectors,
-                                         const at::Tensor& scale, const at::Tensor& shift,
-                                         const at::Tensor& harmonics, const std::optional<at::Tensor>& weights) {
+                                         const at::Tensor& filters, const at::Tensor& harmonics,
+                                         const std::optional<at::Tensor>& weights) {
   const char* op = "viskrates::vismp_vector_message";
   VectorMessageInputs in;
   in.graph = check_vismp_graph(op, row_ptr, receivers, senders, col_ptr, col_edges);
   const int64_t n = in.graph.num_nodes, e = in.graph.num_edges;
-  TORCH_CHECK_VALUE(scale.is_floating_point() && scale.dim() == 2, op, ": scale must be a floating-point [E, C] tensor");
-  in.C = scale.size(1);
-  // scale and shift keep their row stride (column blocks of one [E, 2C] projection are not copied)
-  in.scale = check_vismp_rows(op, "scale", scale, e, in.C, scale);
-  in.shift = check_vismp_rows(op, "shift", shift, e, in.C, scale);
-  in.harmonics = check_vismp_features(op, "harmonics", harmonics, {e, -1}, scale);
+  const bool has_vectors = vectors.has_value() && vectors->defined();
+  TORCH_CHECK_VALUE(filters.is_floating_point() && filters.dim() == 2 && (!has_vectors || filters.size(1) % 2 == 0),
+                    op, ": filters must be a floating-point [E, 2C] tensor (s1 | s2), or [E, C] (s2) without vectors, "
+                    "got ", filters.sizes());
+  in.C = has_vectors ? filters.size(1) / 2 : filters.size(1);
+  // the filters keep their row stride (a view of a wider projection is not copied)
+  in.filters = check_vismp_rows(op, "filters", filters, e, filters.size(1), filters);
+  in.harmonics = check_vismp_features(op, "harmonics", harmonics, {e, -1}, filters);
   in.L = harmonics.size(1);
   TORCH_CHECK_VALUE(in.L >= 1 && in.L <= vismp::kMaxComponents, op, ": harmonics must have 1..",
                     vismp::kMaxComponents, " components, got ", in.L);
-  if (vectors.has_value() && vectors->defined()) {
-    in.vectors = check_vismp_features(op, "vectors", *vectors, {n, in.L, in.C}, scale);
-  }
+  if (has_vectors) in.vectors = check_vismp_features(op, "vectors", *vectors, {n, in.L, in.C}, filters);
   if (weights.has_value() && weights->defined()) {
-    in.weights = check_vismp_features(op, "weights", *weights, {e}, scale);
+    in.weights = check_vismp_features(op, "weights", *weights, {e}, filters);
   }
-  TORCH_CHECK_VALUE(row_ptr.device() == scale.device(), op, ": the graph is on ", row_ptr.device(),
-                    " but the features on ", scale.device());
+  TORCH_CHECK_VALUE(row_ptr.device() == filters.device(), op, ": the graph is on ", row_ptr.device(),
+                    " but the features on ", filters.device());
   return in;
 }
 
@@ -124,14 +123,13 @@ namespace {
 
 at::Tensor vector_message_cpu(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
                               const at::Tensor& col_ptr, const at::Tensor& col_edges,
-                              const std::optional<at::Tensor>& vectors, const at::Tensor& scale,
-                              const at::Tensor& shift, const at::Tensor& harmonics,
-                              const std::optional<at::Tensor>& weights) {
+                              const std::optional<at::Tensor>& vectors, const at::Tensor& filters,
+                              const at::Tensor& harmonics, const std::optional<at::Tensor>& weights) {
   const VectorMessageInputs in =
-      check_vector_message(row_ptr, receivers, senders, col_ptr, col_edges, vectors, scale, shift, harmonics, weights);
+      check_vector_message(row_ptr, receivers, senders, col_ptr, col_edges, vectors, filters, harmonics, weights);
   const int64_t n = in.graph.num_nodes, L = in.L, C = in.C;
-  at::Tensor out = at::empty({n, L, C}, in.scale.options());
-  AT_DISPATCH_FLOATING_TYPES(in.scale.scalar_type(), "vismp_vector_message_cpu", [&] {
+  at::Tensor out = at::empty({n, L, C}, in.filters.options());
+  AT_DISPATCH_FLOATING_TYPES(in.filters.scalar_type(), "vismp_vector_message_cpu", [&] {
     const vismp::VectorMessage<scalar_t> p = vector_message_params<scalar_t>(in);
     const vismp::Graph<scalar_t> graph = graph_pointers<scalar_t>(in.graph);
     scalar_t* o = out.data_ptr<scalar_t>();
@@ -153,26 +151,25 @@ at::Tensor vector_message_cpu(const at::Tensor& row_ptr, const at::Tensor& recei
 VectorMessageGrads vector_message_backward_cpu(const at::Tensor& grad, const at::Tensor& row_ptr,
                                                const at::Tensor& receivers, const at::Tensor& senders,
                                                const at::Tensor& col_ptr, const at::Tensor& col_edges,
-                                               const std::optional<at::Tensor>& vectors, const at::Tensor& scale,
-                                               const at::Tensor& shift, const at::Tensor& harmonics,
+                                               const std::optional<at::Tensor>& vectors, const at::Tensor& filters,
+                                               const at::Tensor& harmonics,
                                                const std::optional<at::Tensor>& weights) {
   const VectorMessageInputs in =
-      check_vector_message(row_ptr, receivers, senders, col_ptr, col_edges, vectors, scale, shift, harmonics, weights);
+      check_vector_message(row_ptr, receivers, senders, col_ptr, col_edges, vectors, filters, harmonics, weights);
   const int64_t n = in.graph.num_nodes, num_edges = in.graph.num_edges, L = in.L, C = in.C;
   const at::Tensor g = check_vismp_features("viskrates::vismp_vector_message_backward", "grad", grad, {n, L, C},
-                                            in.scale);
+                                            in.filters);
   const bool has_vectors = in.vectors.defined();
   at::Tensor grad_vectors = has_vectors ? at::empty({n, L, C}, g.options()) : at::Tensor();
-  at::Tensor grad_scale = has_vectors ? at::empty({num_edges, C}, g.options()) : at::zeros_like(in.scale);
-  at::Tensor grad_shift = at::empty({num_edges, C}, g.options());
+  at::Tensor grad_filters = at::empty({num_edges, in.filters.size(1)}, g.options());
   at::Tensor grad_harmonics = at::empty({num_edges, L}, g.options());
   at::Tensor grad_weights = at::empty({num_edges}, g.options());
-  AT_DISPATCH_FLOATING_TYPES(in.scale.scalar_type(), "vismp_vector_message_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(in.filters.scalar_type(), "vismp_vector_message_backward_cpu", [&] {
     const vismp::VectorMessage<scalar_t> p = vector_message_params<scalar_t>(in);
     const scalar_t* gp = g.data_ptr<scalar_t>();
     const vismp::Graph<scalar_t> graph = graph_pointers<scalar_t>(in.graph);
-    scalar_t* gs1 = has_vectors ? grad_scale.data_ptr<scalar_t>() : nullptr;
-    scalar_t* gs2 = grad_shift.data_ptr<scalar_t>();
+    scalar_t* gs1 = has_vectors ? grad_filters.data_ptr<scalar_t>() : nullptr;
+    scalar_t* gs2 = grad_filters.data_ptr<scalar_t>() + (has_vectors ? C : 0);
     scalar_t* gy = grad_harmonics.data_ptr<scalar_t>();
     scalar_t* gw = grad_weights.data_ptr<scalar_t>();
     at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
@@ -208,7 +205,7 @@ VectorMessageGrads vector_message_backward_cpu(const at::Tensor& grad, const at:
       });
     }
   });
-  return {grad_vectors, grad_scale, grad_shift, grad_harmonics, in.weights.defined() ? grad_weights : at::Tensor()};
+  return {grad_vectors, grad_filters, grad_harmonics, in.weights.defined() ? grad_weights : at::Tensor()};
 }
 
 }  // namespace
@@ -309,8 +306,8 @@ DihedralGrads dihedral_backward_cpu(const at::Tensor& grad, const at::Tensor& ro
 
 AttentionInputs check_attention(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
                                 const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& query,
-                                const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_filter,
-                                const at::Tensor& value_filter, const at::Tensor& weights, int64_t num_heads) {
+                                const at::Tensor& key, const at::Tensor& value, const at::Tensor& filters,
+                                const at::Tensor& weights, int64_t num_heads) {
   const char* op = "viskrates::vismp_attention";
   AttentionInputs in;
   in.graph = check_vismp_graph(op, row_ptr, receivers, senders, col_ptr, col_edges);
@@ -325,19 +322,8 @@ AttentionInputs check_attention(const at::Tensor& row_ptr, const at::Tensor& rec
   in.key = check_vismp_features(op, "key", key, {n, in.C}, query);
   in.value = check_vismp_features(op, "value", value, {n, in.C}, query);
   in.weights = check_vismp_features(op, "weights", weights, {e}, query);
-  // the filters keep their row stride (views of a wider projection are not copied)
-  const at::Tensor* filters[] = {&key_filter, &value_filter};
-  const char* names[] = {"key_filter", "value_filter"};
-  at::Tensor* outs[] = {&in.key_filter, &in.value_filter};
-  for (int k = 0; k < 2; ++k) {
-    const at::Tensor& f = *filters[k];
-    TORCH_CHECK_VALUE(f.dim() == 2 && f.size(0) == e && f.size(1) == in.C, op, ": ", names[k], " has shape ",
-                      f.sizes(), ", expected [", e, ", ", in.C, "]");
-    TORCH_CHECK_VALUE(f.scalar_type() == query.scalar_type() && f.device() == query.device(), op, ": ", names[k],
-                      " must have the dtype and device of query (", query.scalar_type(), ", ", query.device(),
-                      "), got ", f.scalar_type(), ", ", f.device());
-    *outs[k] = (f.stride(1) == 1 && f.stride(0) >= in.C) ? f : f.contiguous();
-  }
+  // the filters keep their row stride (a view of a wider projection is not copied)
+  in.filters = check_vismp_rows(op, "filters", filters, e, 2 * in.C, query);
   TORCH_CHECK_VALUE(row_ptr.device() == query.device(), op, ": the graph is on ", row_ptr.device(),
                     " but the features on ", query.device());
   return in;
@@ -347,10 +333,10 @@ namespace {
 
 at::Tensor attention_cpu(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
                          const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& query,
-                         const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_filter,
-                         const at::Tensor& value_filter, const at::Tensor& weights, int64_t num_heads) {
+                         const at::Tensor& key, const at::Tensor& value, const at::Tensor& filters,
+                         const at::Tensor& weights, int64_t num_heads) {
   const AttentionInputs in = check_attention(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value,
-                                             key_filter, value_filter, weights, num_heads);
+                                             filters, weights, num_heads);
   const int64_t n = in.graph.num_nodes, H = in.H;
   at::Tensor out = at::empty({in.graph.num_edges, in.C}, in.query.options());
   AT_DISPATCH_FLOATING_TYPES(in.query.scalar_type(), "vismp_attention_cpu", [&] {
@@ -374,18 +360,17 @@ at::Tensor attention_cpu(const at::Tensor& row_ptr, const at::Tensor& receivers,
 AttentionGrads attention_backward_cpu(const at::Tensor& grad, const at::Tensor& row_ptr, const at::Tensor& receivers,
                                       const at::Tensor& senders, const at::Tensor& col_ptr,
                                       const at::Tensor& col_edges, const at::Tensor& query, const at::Tensor& key,
-                                      const at::Tensor& value, const at::Tensor& key_filter,
-                                      const at::Tensor& value_filter, const at::Tensor& weights, int64_t num_heads) {
+                                      const at::Tensor& value, const at::Tensor& filters, const at::Tensor& weights,
+                                      int64_t num_heads) {
   const AttentionInputs in = check_attention(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value,
-                                             key_filter, value_filter, weights, num_heads);
+                                             filters, weights, num_heads);
   const int64_t n = in.graph.num_nodes, num_edges = in.graph.num_edges, C = in.C, H = in.H;
   const at::Tensor g = check_vismp_features("viskrates::vismp_attention_backward", "grad", grad, {num_edges, C},
                                             in.query);
   at::Tensor grad_query = at::zeros({n, C}, g.options());
   at::Tensor grad_key = at::zeros({n, C}, g.options());
   at::Tensor grad_value = at::zeros({n, C}, g.options());
-  at::Tensor grad_key_filter = at::empty({num_edges, C}, g.options());
-  at::Tensor grad_value_filter = at::empty({num_edges, C}, g.options());
+  at::Tensor grad_filters = at::empty({num_edges, 2 * C}, g.options());
   at::Tensor grad_weights = at::empty({num_edges}, g.options());
   AT_DISPATCH_FLOATING_TYPES(in.query.scalar_type(), "vismp_attention_backward_cpu", [&] {
     const vismp::Attention<scalar_t> p = attention_params<scalar_t>(in);
@@ -394,8 +379,8 @@ AttentionGrads attention_backward_cpu(const at::Tensor& grad, const at::Tensor& 
     scalar_t* gq = grad_query.data_ptr<scalar_t>();
     scalar_t* gk = grad_key.data_ptr<scalar_t>();
     scalar_t* gv = grad_value.data_ptr<scalar_t>();
-    scalar_t* gdk = grad_key_filter.data_ptr<scalar_t>();
-    scalar_t* gdv = grad_value_filter.data_ptr<scalar_t>();
+    scalar_t* gdk = grad_filters.data_ptr<scalar_t>();
+    scalar_t* gdv = gdk + C;
     scalar_t* gw = grad_weights.data_ptr<scalar_t>();
     vismp::with_head_width(p.D, [&](auto width) {
       constexpr int D0 = decltype(width)::value;
@@ -428,7 +413,7 @@ AttentionGrads attention_backward_cpu(const at::Tensor& grad, const at::Tensor& 
       });
     });
   });
-  return {grad_query, grad_key, grad_value, grad_key_filter, grad_value_filter, grad_weights};
+  return {grad_query, grad_key, grad_value, grad_filters, grad_weights};
 }
 
 }  // namespace
@@ -438,12 +423,11 @@ AttentionGrads attention_backward_cpu(const at::Tensor& grad, const at::Tensor& 
 TORCH_LIBRARY_FRAGMENT(viskrates, m) {
   m.def(
       "vismp_vector_message(Tensor row_ptr, Tensor receivers, Tensor senders, Tensor col_ptr, Tensor col_edges, "
-      "Tensor? vectors, Tensor scale, Tensor shift, Tensor harmonics, Tensor? weights) -> Tensor");
+      "Tensor? vectors, Tensor filters, Tensor harmonics, Tensor? weights) -> Tensor");
   m.def(
       "vismp_vector_message_backward(Tensor grad, Tensor row_ptr, Tensor receivers, Tensor senders, "
-      "Tensor col_ptr, Tensor col_edges, Tensor? vectors, Tensor scale, Tensor shift, Tensor harmonics, "
-      "Tensor? weights) -> (Tensor grad_vectors, Tensor grad_scale, Tensor grad_shift, Tensor grad_harmonics, "
-      "Tensor grad_weights)");
+      "Tensor col_ptr, Tensor col_edges, Tensor? vectors, Tensor filters, Tensor harmonics, Tensor? weights) -> "
+      "(Tensor grad_vectors, Tensor grad_filters, Tensor grad_harmonics, Tensor grad_weights)");
   m.def(
       "vismp_dihedral(Tensor row_ptr, Tensor receivers, Tensor senders, Tensor col_ptr, Tensor col_edges, "
       "Tensor target, Tensor source, Tensor harmonics) -> Tensor");
@@ -453,13 +437,11 @@ TORCH_LIBRARY_FRAGMENT(viskrates, m) {
       "(Tensor grad_target, Tensor grad_source, Tensor grad_harmonics)");
   m.def(
       "vismp_attention(Tensor row_ptr, Tensor receivers, Tensor senders, Tensor col_ptr, Tensor col_edges, "
-      "Tensor query, Tensor key, Tensor value, Tensor key_filter, Tensor value_filter, Tensor weights, "
-      "int num_heads) -> Tensor");
+      "Tensor query, Tensor key, Tensor value, Tensor filters, Tensor weights, int num_heads) -> Tensor");
   m.def(
       "vismp_attention_backward(Tensor grad, Tensor row_ptr, Tensor receivers, Tensor senders, Tensor col_ptr, "
-      "Tensor col_edges, Tensor query, Tensor key, Tensor value, Tensor key_filter, Tensor value_filter, "
-      "Tensor weights, int num_heads) -> (Tensor grad_query, Tensor grad_key, Tensor grad_value, "
-      "Tensor grad_key_filter, Tensor grad_value_filter, Tensor grad_weights)");
+      "Tensor col_edges, Tensor query, Tensor key, Tensor value, Tensor filters, Tensor weights, int num_heads) -> "
+      "(Tensor grad_query, Tensor grad_key, Tensor grad_value, Tensor grad_filters, Tensor grad_weights)");
 }
 
 TORCH_LIBRARY_IMPL(viskrates, CPU, m) {

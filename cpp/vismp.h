@@ -40,32 +40,35 @@ at::Tensor check_vismp_features(const char* op, const char* name, const at::Tens
 at::Tensor check_vismp_rows(const char* op, const char* name, const at::Tensor& t, int64_t rows, int64_t columns,
                             const at::Tensor& like);
 
-// Checked inputs of vismp_vector_message (vectors and weights may be undefined): contiguous, except scale and
-// shift, which may be row-strided (check_vismp_rows).
+// Checked inputs of vismp_vector_message (vectors and weights may be undefined): contiguous, except the
+// filters, which may be row-strided (check_vismp_rows): [E, 2C] = (s1 | s2), or [E, C] = s2 without vectors.
 struct VectorMessageInputs {
   VismpGraph graph;
-  at::Tensor vectors, scale, shift, harmonics, weights;
+  at::Tensor vectors, filters, harmonics, weights;
   int64_t L = 0, C = 0;
 };
 
 VectorMessageInputs check_vector_message(const at::Tensor& row_ptr, const at::Tensor& receivers,
                                          const at::Tensor& senders, const at::Tensor& col_ptr,
                                          const at::Tensor& col_edges, const std::optional<at::Tensor>& vectors,
-                                         const at::Tensor& scale, const at::Tensor& shift,
-                                         const at::Tensor& harmonics, const std::optional<at::Tensor>& weights);
+                                         const at::Tensor& filters, const at::Tensor& harmonics,
+                                         const std::optional<at::Tensor>& weights);
 
-// Raw pointers and sizes of checked inputs, as the kernel bodies take them (both launchers use these).
+// Raw pointers and sizes of checked inputs, as the kernel bodies take them (both launchers use these); the
+// filter gradient is one contiguous tensor of the filters' shape.
 template <typename T>
 vismp::VectorMessage<T> vector_message_params(const VectorMessageInputs& in) {
+  const T* filters = in.filters.data_ptr<T>();
   return {in.vectors.defined() ? in.vectors.data_ptr<T>() : nullptr,
-          in.scale.data_ptr<T>(),
-          in.shift.data_ptr<T>(),
+          filters,
+          in.vectors.defined() ? filters + in.C : filters,
           in.harmonics.data_ptr<T>(),
           in.weights.defined() ? in.weights.data_ptr<T>() : nullptr,
           in.L,
           in.C,
-          in.scale.stride(0),
-          in.shift.stride(0)};
+          in.filters.stride(0),
+          in.filters.stride(0),
+          in.filters.size(1)};
 }
 
 // Checked, contiguous inputs of vismp_dihedral.
@@ -84,29 +87,32 @@ vismp::Dihedral<T> dihedral_params(const DihedralInputs& in) {
   return {in.target.data_ptr<T>(), in.source.data_ptr<T>(), in.harmonics.data_ptr<T>(), in.L, in.C};
 }
 
-// Checked inputs of vismp_attention: query, key, value contiguous; the edge filters may be row-strided
-// (unit column stride), e.g. column blocks of one [E, 3C] projection.
+// Checked inputs of vismp_attention: query, key, value contiguous; the edge filters [E, 2C] = (dk | dv) may be
+// row-strided (unit column stride).
 struct AttentionInputs {
   VismpGraph graph;
-  at::Tensor query, key, value, key_filter, value_filter, weights;
+  at::Tensor query, key, value, filters, weights;
   int64_t C = 0, H = 0;
 };
 
 AttentionInputs check_attention(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
                                 const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& query,
-                                const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_filter,
-                                const at::Tensor& value_filter, const at::Tensor& weights, int64_t num_heads);
+                                const at::Tensor& key, const at::Tensor& value, const at::Tensor& filters,
+                                const at::Tensor& weights, int64_t num_heads);
 
+// The filter gradient is one contiguous [E, 2C] tensor.
 template <typename T>
 vismp::Attention<T> attention_params(const AttentionInputs& in) {
-  return {in.query.data_ptr<T>(),        in.key.data_ptr<T>(),          in.value.data_ptr<T>(),
-          in.key_filter.data_ptr<T>(),   in.value_filter.data_ptr<T>(), in.weights.data_ptr<T>(),
-          in.C,                          in.C / in.H,                   in.key_filter.stride(0),
-          in.value_filter.stride(0)};
+  const T* filters = in.filters.data_ptr<T>();
+  return {in.query.data_ptr<T>(), in.key.data_ptr<T>(),  in.value.data_ptr<T>(), filters,
+          filters + in.C,         in.weights.data_ptr<T>(), in.C,                  in.C / in.H,
+          in.filters.stride(0),   in.filters.stride(0),     2 * in.C};
 }
 
-using AttentionGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-using VectorMessageGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+// (grad_query, grad_key, grad_value, grad_filters, grad_weights)
+using AttentionGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+// (grad_vectors, grad_filters, grad_harmonics, grad_weights)
+using VectorMessageGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using DihedralGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 }  // namespace viskrates

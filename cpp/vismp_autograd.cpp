@@ -16,19 +16,17 @@ class VectorMessageFunction : public torch::autograd::Function<VectorMessageFunc
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& row_ptr, const at::Tensor& receivers,
                             const at::Tensor& senders, const at::Tensor& col_ptr, const at::Tensor& col_edges,
-                            const std::optional<at::Tensor>& vectors, const at::Tensor& scale,
-                            const at::Tensor& shift, const at::Tensor& harmonics,
-                            const std::optional<at::Tensor>& weights) {
+                            const std::optional<at::Tensor>& vectors, const at::Tensor& filters,
+                            const at::Tensor& harmonics, const std::optional<at::Tensor>& weights) {
     static const auto op =
         find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                            const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
-                           const at::Tensor&, const std::optional<at::Tensor>&)>(
-            "viskrates::vismp_vector_message");
+                           const std::optional<at::Tensor>&)>("viskrates::vismp_vector_message");
     at::AutoDispatchBelowADInplaceOrView guard;
     const at::Tensor v = vectors.has_value() ? *vectors : at::Tensor();
     const at::Tensor w = weights.has_value() ? *weights : at::Tensor();
-    ctx->save_for_backward({row_ptr, receivers, senders, col_ptr, col_edges, v, scale, shift, harmonics, w});
-    return op.call(row_ptr, receivers, senders, col_ptr, col_edges, vectors, scale, shift, harmonics, weights);
+    ctx->save_for_backward({row_ptr, receivers, senders, col_ptr, col_edges, v, filters, harmonics, w});
+    return op.call(row_ptr, receivers, senders, col_ptr, col_edges, vectors, filters, harmonics, weights);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -36,14 +34,13 @@ class VectorMessageFunction : public torch::autograd::Function<VectorMessageFunc
     static const auto op =
         find_op<VectorMessageGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                   const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                   const std::optional<at::Tensor>&)>(
+                                   const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&)>(
             "viskrates::vismp_vector_message_backward");
     const variable_list s = ctx->get_saved_variables();
-    auto [gv, gs1, gs2, gy, gw] = op.call(grad_outputs[0].contiguous(), s[0], s[1], s[2], s[3], s[4],
-                                          optional_of(s[5]), s[6], s[7], s[8], optional_of(s[9]));
-    // inputs: row_ptr, receivers, senders, col_ptr, col_edges, vectors, scale, shift, harmonics, weights
-    return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), gv, gs1, gs2, gy, gw};
+    auto [gv, gf, gy, gw] = op.call(grad_outputs[0].contiguous(), s[0], s[1], s[2], s[3], s[4], optional_of(s[5]),
+                                    s[6], s[7], optional_of(s[8]));
+    // inputs: row_ptr, receivers, senders, col_ptr, col_edges, vectors, filters, harmonics, weights
+    return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), gv, gf, gy, gw};
   }
 };
 
@@ -79,19 +76,15 @@ class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& row_ptr, const at::Tensor& receivers,
                             const at::Tensor& senders, const at::Tensor& col_ptr, const at::Tensor& col_edges,
                             const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                            const at::Tensor& key_filter, const at::Tensor& value_filter, const at::Tensor& weights,
-                            int64_t num_heads) {
+                            const at::Tensor& filters, const at::Tensor& weights, int64_t num_heads) {
     static const auto op =
         find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                            const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                           const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t)>(
-            "viskrates::vismp_attention");
+                           const at::Tensor&, const at::Tensor&, int64_t)>("viskrates::vismp_attention");
     at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->save_for_backward(
-        {row_ptr, receivers, senders, col_ptr, col_edges, query, key, value, key_filter, value_filter, weights});
+    ctx->save_for_backward({row_ptr, receivers, senders, col_ptr, col_edges, query, key, value, filters, weights});
     ctx->saved_data["num_heads"] = num_heads;
-    return op.call(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value, key_filter, value_filter,
-                   weights, num_heads);
+    return op.call(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value, filters, weights, num_heads);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -99,31 +92,29 @@ class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
     static const auto op =
         find_op<AttentionGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                               const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t)>(
+                               const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t)>(
             "viskrates::vismp_attention_backward");
     const variable_list s = ctx->get_saved_variables();
-    auto [gq, gk, gv, gdk, gdv, gw] = op.call(grad_outputs[0].contiguous(), s[0], s[1], s[2], s[3], s[4], s[5], s[6],
-                                              s[7], s[8], s[9], s[10], ctx->saved_data["num_heads"].toInt());
-    return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), gq, gk, gv, gdk, gdv, gw,
-            at::Tensor()};
+    auto [gq, gk, gv, gf, gw] = op.call(grad_outputs[0].contiguous(), s[0], s[1], s[2], s[3], s[4], s[5], s[6],
+                                        s[7], s[8], s[9], ctx->saved_data["num_heads"].toInt());
+    return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), gq, gk, gv, gf, gw, at::Tensor()};
   }
 };
 
 at::Tensor attention_autograd(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
                               const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& query,
-                              const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_filter,
-                              const at::Tensor& value_filter, const at::Tensor& weights, int64_t num_heads) {
-  return AttentionFunction::apply(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value, key_filter,
-                                  value_filter, weights, num_heads);
+                              const at::Tensor& key, const at::Tensor& value, const at::Tensor& filters,
+                              const at::Tensor& weights, int64_t num_heads) {
+  return AttentionFunction::apply(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value, filters,
+                                  weights, num_heads);
 }
 
 at::Tensor vector_message_autograd(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
                                    const at::Tensor& col_ptr, const at::Tensor& col_edges,
-                                   const std::optional<at::Tensor>& vectors, const at::Tensor& scale,
-                                   const at::Tensor& shift, const at::Tensor& harmonics,
-                                   const std::optional<at::Tensor>& weights) {
-  return VectorMessageFunction::apply(row_ptr, receivers, senders, col_ptr, col_edges, vectors, scale, shift,
-                                      harmonics, weights);
+                                   const std::optional<at::Tensor>& vectors, const at::Tensor& filters,
+                                   const at::Tensor& harmonics, const std::optional<at::Tensor>& weights) {
+  return VectorMessageFunction::apply(row_ptr, receivers, senders, col_ptr, col_edges, vectors, filters, harmonics,
+                                      weights);
 }
 
 at::Tensor dihedral_autograd(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,

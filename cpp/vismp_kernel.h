@@ -70,7 +70,8 @@ struct VectorMessage {
   const T* harmonics;  // [E, L] Y
   const T* weights;    // [E] w, or nullptr for w = 1
   int64_t L, C;
-  int64_t ld_scale, ld_shift;  // row strides: s1 and s2 may be column blocks of one [E, 2C] projection
+  int64_t ld_scale, ld_shift;  // row strides: s1 and s2 are column blocks of one [E, 2C] filter tensor
+  int64_t ld_grad;             // row stride of dL/ds1 and dL/ds2 (column blocks of one gradient tensor)
 };
 
 // The bodies below handle the W channels c0 .. c0+W-1 of one edge; W is a compile-time constant so that
@@ -125,8 +126,8 @@ VISKRATES_HD void vector_message_edge_backward(const VectorMessage<T>& p, const 
   }
   T partial_w = T(0);
   for (int w = 0; w < W; ++w) {
-    if (grad_scale != nullptr) grad_scale[e * p.C + c0 + w] = wt * d1[w];
-    grad_shift[e * p.C + c0 + w] = wt * d2[w];
+    if (grad_scale != nullptr) grad_scale[e * p.ld_grad + c0 + w] = wt * d1[w];
+    grad_shift[e * p.ld_grad + c0 + w] = wt * d2[w];
     partial_w += d1[w] * s1[w] + d2[w] * s2[w];
   }
   *gw += partial_w;
@@ -260,6 +261,7 @@ struct Attention {
   const T* value_filter;  // [E, ld_value_filter] dv
   const T* weights;       // [E] w (the cosine cutoff φ)
   int64_t C, D, ld_key_filter, ld_value_filter;
+  int64_t ld_grad_filter;  // row stride of dL/ddk and dL/ddv (column blocks of one gradient tensor)
 };
 
 template <int D0, typename T>
@@ -311,7 +313,7 @@ VISKRATES_HD T attention_grad_score(const Attention<T>& p, const T* g, int64_t e
 }
 
 // Receiver pass of the backward for (edge e, head h), g = dL/dm [E, C]: writes dL/ddk_e and dL/ddv_e
-// (contiguous [E, C]) for the head's channels, adds dL/dq_i to grad_query[i] and returns this head's share
+// (rows of stride ld_grad_filter) for the head's channels, adds dL/dq_i to grad_query[i] and returns this head's share
 // of dL/dw_e.
 template <int D0, typename T>
 VISKRATES_HD T attention_edge_backward(const Attention<T>& p, const T* g, int64_t e, int64_t i, int64_t j, int64_t h,
@@ -328,8 +330,8 @@ VISKRATES_HD T attention_edge_backward(const Attention<T>& p, const T* g, int64_
   const T* ge = g + e * p.C + c0;
   T* gq = grad_query + i * p.C + c0;
   for (int64_t d = 0; d < D; ++d) {
-    grad_value_filter[e * p.C + c0 + d] = ge[d] * v[d] * a;
-    grad_key_filter[e * p.C + c0 + d] = grad_score * q[d] * k[d];
+    grad_value_filter[e * p.ld_grad_filter + c0 + d] = ge[d] * v[d] * a;
+    grad_key_filter[e * p.ld_grad_filter + c0 + d] = grad_score * q[d] * k[d];
     gq[d] += grad_score * k[d] * dk[d];
   }
   return grad_a * silu;

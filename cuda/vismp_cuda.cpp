@@ -4,7 +4,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -17,16 +16,15 @@ namespace {
 
 at::Tensor vector_message_cuda(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
                                const at::Tensor& col_ptr, const at::Tensor& col_edges,
-                               const std::optional<at::Tensor>& vectors, const at::Tensor& scale,
-                               const at::Tensor& shift, const at::Tensor& harmonics,
-                               const std::optional<at::Tensor>& weights) {
-  const c10::cuda::CUDAGuard guard(scale.device());
+                               const std::optional<at::Tensor>& vectors, const at::Tensor& filters,
+                               const at::Tensor& harmonics, const std::optional<at::Tensor>& weights) {
+  const c10::cuda::CUDAGuard guard(filters.device());
   const VectorMessageInputs in =
-      check_vector_message(row_ptr, receivers, senders, col_ptr, col_edges, vectors, scale, shift, harmonics, weights);
+      check_vector_message(row_ptr, receivers, senders, col_ptr, col_edges, vectors, filters, harmonics, weights);
   const int64_t n = in.graph.num_nodes;
-  at::Tensor out = at::empty({n, in.L, in.C}, in.scale.options());
+  at::Tensor out = at::empty({n, in.L, in.C}, in.filters.options());
   if (n == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(in.scale.scalar_type(), "vismp_vector_message_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(in.filters.scalar_type(), "vismp_vector_message_cuda", [&] {
     check_launch(cuda::launch_vector_message<scalar_t>(graph_pointers<scalar_t>(in.graph), n,
                                                        vector_message_params<scalar_t>(in),
                                                        out.data_ptr<scalar_t>(), stream_of(out)),
@@ -38,32 +36,33 @@ at::Tensor vector_message_cuda(const at::Tensor& row_ptr, const at::Tensor& rece
 VectorMessageGrads vector_message_backward_cuda(const at::Tensor& grad, const at::Tensor& row_ptr,
                                                 const at::Tensor& receivers, const at::Tensor& senders,
                                                 const at::Tensor& col_ptr, const at::Tensor& col_edges,
-                                                const std::optional<at::Tensor>& vectors, const at::Tensor& scale,
-                                                const at::Tensor& shift, const at::Tensor& harmonics,
+                                                const std::optional<at::Tensor>& vectors, const at::Tensor& filters,
+                                                const at::Tensor& harmonics,
                                                 const std::optional<at::Tensor>& weights) {
-  const c10::cuda::CUDAGuard guard(scale.device());
+  const c10::cuda::CUDAGuard guard(filters.device());
   const VectorMessageInputs in =
-      check_vector_message(row_ptr, receivers, senders, col_ptr, col_edges, vectors, scale, shift, harmonics, weights);
+      check_vector_message(row_ptr, receivers, senders, col_ptr, col_edges, vectors, filters, harmonics, weights);
   const int64_t n = in.graph.num_nodes, num_edges = in.graph.num_edges;
   const at::Tensor g = check_vismp_features("viskrates::vismp_vector_message_backward", "grad", grad,
-                                            {n, in.L, in.C}, in.scale);
+                                            {n, in.L, in.C}, in.filters);
   const bool has_vectors = in.vectors.defined();
   at::Tensor grad_vectors = has_vectors ? at::empty({n, in.L, in.C}, g.options()) : at::Tensor();
-  at::Tensor grad_scale = has_vectors ? at::empty({num_edges, in.C}, g.options()) : at::zeros_like(in.scale);
-  at::Tensor grad_shift = at::empty({num_edges, in.C}, g.options());
+  at::Tensor grad_filters = at::empty({num_edges, in.filters.size(1)}, g.options());
   at::Tensor grad_harmonics = at::empty({num_edges, in.L}, g.options());
   at::Tensor grad_weights = at::empty({num_edges}, g.options());
   if (n > 0) {
-    AT_DISPATCH_FLOATING_TYPES(in.scale.scalar_type(), "vismp_vector_message_backward_cuda", [&] {
+    AT_DISPATCH_FLOATING_TYPES(in.filters.scalar_type(), "vismp_vector_message_backward_cuda", [&] {
+      scalar_t* grad_scale = has_vectors ? grad_filters.data_ptr<scalar_t>() : nullptr;
+      scalar_t* grad_shift = grad_filters.data_ptr<scalar_t>() + (has_vectors ? in.C : 0);
       check_launch(cuda::launch_vector_message_backward<scalar_t>(
                        graph_pointers<scalar_t>(in.graph), n, vector_message_params<scalar_t>(in),
-                       g.data_ptr<scalar_t>(), has_vectors ? grad_vectors.data_ptr<scalar_t>() : nullptr,
-                       has_vectors ? grad_scale.data_ptr<scalar_t>() : nullptr, grad_shift.data_ptr<scalar_t>(),
-                       grad_harmonics.data_ptr<scalar_t>(), grad_weights.data_ptr<scalar_t>(), stream_of(g)),
+                       g.data_ptr<scalar_t>(), has_vectors ? grad_vectors.data_ptr<scalar_t>() : nullptr, grad_scale,
+                       grad_shift, grad_harmonics.data_ptr<scalar_t>(), grad_weights.data_ptr<scalar_t>(),
+                       stream_of(g)),
                    "viskrates::vismp_vector_message_backward");
     });
   }
-  return {grad_vectors, grad_scale, grad_shift, grad_harmonics, in.weights.defined() ? grad_weights : at::Tensor()};
+  return {grad_vectors, grad_filters, grad_harmonics, in.weights.defined() ? grad_weights : at::Tensor()};
 }
 
 at::Tensor dihedral_cuda(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
@@ -109,11 +108,11 @@ DihedralGrads dihedral_backward_cuda(const at::Tensor& grad, const at::Tensor& r
 
 at::Tensor attention_cuda(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
                           const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& query,
-                          const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_filter,
-                          const at::Tensor& value_filter, const at::Tensor& weights, int64_t num_heads) {
+                          const at::Tensor& key, const at::Tensor& value, const at::Tensor& filters,
+                          const at::Tensor& weights, int64_t num_heads) {
   const c10::cuda::CUDAGuard guard(query.device());
   const AttentionInputs in = check_attention(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value,
-                                             key_filter, value_filter, weights, num_heads);
+                                             filters, weights, num_heads);
   const int64_t n = in.graph.num_nodes;
   at::Tensor out = at::empty({in.graph.num_edges, in.C}, in.query.options());
   if (n == 0) return out;
@@ -129,31 +128,30 @@ at::Tensor attention_cuda(const at::Tensor& row_ptr, const at::Tensor& receivers
 AttentionGrads attention_backward_cuda(const at::Tensor& grad, const at::Tensor& row_ptr, const at::Tensor& receivers,
                                        const at::Tensor& senders, const at::Tensor& col_ptr,
                                        const at::Tensor& col_edges, const at::Tensor& query, const at::Tensor& key,
-                                       const at::Tensor& value, const at::Tensor& key_filter,
-                                       const at::Tensor& value_filter, const at::Tensor& weights, int64_t num_heads) {
+                                       const at::Tensor& value, const at::Tensor& filters, const at::Tensor& weights,
+                                       int64_t num_heads) {
   const c10::cuda::CUDAGuard guard(query.device());
   const AttentionInputs in = check_attention(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value,
-                                             key_filter, value_filter, weights, num_heads);
+                                             filters, weights, num_heads);
   const int64_t n = in.graph.num_nodes, num_edges = in.graph.num_edges, C = in.C;
   const at::Tensor g = check_vismp_features("viskrates::vismp_attention_backward", "grad", grad, {num_edges, C},
                                             in.query);
   at::Tensor grad_query = at::zeros({n, C}, g.options());
   at::Tensor grad_key = at::zeros({n, C}, g.options());
   at::Tensor grad_value = at::zeros({n, C}, g.options());
-  at::Tensor grad_key_filter = at::empty({num_edges, C}, g.options());
-  at::Tensor grad_value_filter = at::empty({num_edges, C}, g.options());
+  at::Tensor grad_filters = at::empty({num_edges, 2 * C}, g.options());
   at::Tensor grad_weight_heads = at::empty({num_edges, in.H}, g.options());
   if (n > 0) {
     AT_DISPATCH_FLOATING_TYPES(in.query.scalar_type(), "vismp_attention_backward_cuda", [&] {
       check_launch(cuda::launch_attention_backward<scalar_t>(
                        graph_pointers<scalar_t>(in.graph), n, in.H, attention_params<scalar_t>(in),
                        g.data_ptr<scalar_t>(), grad_query.data_ptr<scalar_t>(), grad_key.data_ptr<scalar_t>(),
-                       grad_value.data_ptr<scalar_t>(), grad_key_filter.data_ptr<scalar_t>(),
-                       grad_value_filter.data_ptr<scalar_t>(), grad_weight_heads.data_ptr<scalar_t>(), stream_of(g)),
+                       grad_value.data_ptr<scalar_t>(), grad_filters.data_ptr<scalar_t>(),
+                       grad_filters.data_ptr<scalar_t>() + C, grad_weight_heads.data_ptr<scalar_t>(), stream_of(g)),
                    "viskrates::vismp_attention_backward");
     });
   }
-  return {grad_query, grad_key, grad_value, grad_key_filter, grad_value_filter, grad_weight_heads.sum(1)};
+  return {grad_query, grad_key, grad_value, grad_filters, grad_weight_heads.sum(1)};
 }
 
 }  // namespace

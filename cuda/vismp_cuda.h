@@ -18,8 +18,8 @@ template <typename T>
 cudaError_t launch_vector_message(const vismp::Graph<T>& graph, int64_t n, const vismp::VectorMessage<T>& p, T* out,
                                   cudaStream_t stream);
 
-// grad_vectors [N, L, C] (skipped when p.vectors is null), grad_scale [E, C] (idem), grad_shift [E, C],
-// grad_harmonics [E, L], grad_weights [E] from g = dL/dV.
+// grad_vectors [N, L, C] (skipped when p.vectors is null), grad_scale (idem) and grad_shift (rows of stride
+// p.ld_grad), grad_harmonics [E, L], grad_weights [E] from g = dL/dV.
 template <typename T>
 cudaError_t launch_vector_message_backward(const vismp::Graph<T>& graph, int64_t n, const vismp::VectorMessage<T>& p,
                                            const T* g, T* grad_vectors, T* grad_scale, T* grad_shift,
@@ -40,8 +40,8 @@ template <typename T>
 cudaError_t launch_attention(const vismp::Graph<T>& graph, int64_t n, int64_t heads, const vismp::Attention<T>& p,
                              T* out, cudaStream_t stream);
 
-// grad_query, grad_key, grad_value [N, C] (zero on entry), grad_key_filter, grad_value_filter [E, C] and
-// grad_weight_heads [E, H] (per-head shares of dL/dw, summed by the caller) from g = dL/dm.
+// grad_query, grad_key, grad_value [N, C] (zero on entry), grad_key_filter, grad_value_filter (rows of stride
+// p.ld_grad_filter) and grad_weight_heads [E, H] (per-head shares of dL/dw, summed by the caller) from g = dL/dm.
 template <typename T>
 cudaError_t launch_attention_backward(const vismp::Graph<T>& graph, int64_t n, int64_t heads,
                                       const vismp::Attention<T>& p, const T* g, T* grad_query, T* grad_key,

@@ -52,11 +52,10 @@ def compare(fused, reference, inputs):
     torch.testing.assert_close(out_f, out_r, rtol=1e-12, atol=1e-12)
     upstream = torch.randn(out_r.shape, generator=torch.Generator().manual_seed(7), dtype=F64)
     used = [x for x in inputs if x is not None]
-    grads_f = torch.autograd.grad(out_f, used, upstream, allow_unused=True)
-    grads_r = torch.autograd.grad(out_r, used, upstream, allow_unused=True)
-    for x, gf, gr in zip(used, grads_f, grads_r):
-        # an input the reference does not use (scale without vectors) gets zeros from the kernel
-        torch.testing.assert_close(gf, gr if gr is not None else torch.zeros_like(x), rtol=1e-12, atol=1e-12)
+    grads_f = torch.autograd.grad(out_f, used, upstream)
+    grads_r = torch.autograd.grad(out_r, used, upstream)
+    for gf, gr in zip(grads_f, grads_r):
+        torch.testing.assert_close(gf, gr, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("channels", [5, 37])  # 37: two blocks of 16 channels and a remainder on CPU
@@ -68,10 +67,15 @@ def test_vector_message_matches_reference(channels, components, with_vectors, wi
     n, e = 9, graph[1].shape[0]
     vectors = leaf(n, components, channels, seed=1) if with_vectors else None
     weights = leaf(e, seed=5) if with_weights else None
-    inputs = (vectors, leaf(e, channels, seed=2), leaf(e, channels, seed=3), leaf(e, components, seed=4), weights)
-    compare(lambda *x: ops.vismp_vector_message(*graph, *x), lambda *x: ops.vismp_vector_message_reference(*graph, *x),
-            inputs)
-    out = ops.vismp_vector_message(*graph, *inputs)
+    width = 2 * channels if with_vectors else channels  # (s1 | s2), or s2 alone when v̂ = 0
+
+    def run(op):
+        # the filters are a column block of a wider projection (a row-strided view)
+        return lambda v, f, y, w: op(*graph, v, f[:, :width], y, w)
+
+    inputs = (vectors, leaf(e, width + 3, seed=2), leaf(e, components, seed=4), weights)
+    compare(run(ops.vismp_vector_message), run(ops.vismp_vector_message_reference), inputs)
+    out = run(ops.vismp_vector_message)(*inputs)
     assert bool((out[0] == 0).all())  # the isolated atom receives nothing
 
 
@@ -92,8 +96,8 @@ def test_attention_matches_reference(channels, heads):
     c = channels
 
     def run(op):
-        # the filters are column blocks of one [E, 3C] projection, as in the model (strided views)
-        return lambda q, k, v, f, w: op(*graph, q, k, v, f[:, :c], f[:, c:2 * c], w, heads)
+        # the filters (dk | dv) are a column block of a wider projection (a row-strided view)
+        return lambda q, k, v, f, w: op(*graph, q, k, v, f[:, :2 * c], w, heads)
 
     inputs = (leaf(n, c, seed=1), leaf(n, c, seed=2), leaf(n, c, seed=3), leaf(e, 3 * c, seed=4), leaf(e, seed=5))
     compare(run(ops.vismp_attention), run(ops.vismp_attention_reference), inputs)
@@ -114,13 +118,13 @@ def test_dihedral_of_unit_harmonics_is_rejection_product():
 def test_gradcheck():
     graph = random_graph(5, seed=11)
     n, e = 5, graph[1].shape[0]
-    args = (leaf(n, 3, 3, seed=1), leaf(e, 3, seed=2), leaf(e, 3, seed=3), leaf(e, 3, seed=4), leaf(e, seed=5))
+    args = (leaf(n, 3, 3, seed=1), leaf(e, 6, seed=2), leaf(e, 3, seed=4), leaf(e, seed=5))
     assert torch.autograd.gradcheck(lambda *x: ops.vismp_vector_message(*graph, *x), args)
-    assert torch.autograd.gradcheck(lambda *x: ops.vismp_vector_message(*graph, None, *x, None), args[1:4])
+    args = (leaf(e, 3, seed=3), leaf(e, 3, seed=4))
+    assert torch.autograd.gradcheck(lambda *x: ops.vismp_vector_message(*graph, None, *x, None), args)
     args = (leaf(n, 8, 3, seed=6), leaf(n, 8, 3, seed=7), leaf(e, 8, seed=8))
     assert torch.autograd.gradcheck(lambda *x: ops.vismp_dihedral(*graph, *x), args)
-    args = (leaf(n, 4, seed=9), leaf(n, 4, seed=10), leaf(n, 4, seed=11), leaf(e, 4, seed=12), leaf(e, 4, seed=13),
-            leaf(e, seed=14))
+    args = (leaf(n, 4, seed=9), leaf(n, 4, seed=10), leaf(n, 4, seed=11), leaf(e, 8, seed=12), leaf(e, seed=14))
     assert torch.autograd.gradcheck(lambda *x: ops.vismp_attention(*graph, *x, 2), args)
 
 
@@ -135,16 +139,20 @@ def test_double_backward_raises():
 def test_bad_inputs_raise_value_error():
     graph = random_graph(5, seed=2)
     e = graph[1].shape[0]
-    with pytest.raises(ValueError, match="shift"):
-        ops.vismp_vector_message(*graph, None, torch.zeros(e, 4, dtype=F64), torch.zeros(e, 3, dtype=F64),
+    with pytest.raises(ValueError, match=r"filters must be a floating-point \[E, 2C\]"):  # odd width with vectors
+        ops.vismp_vector_message(*graph, torch.zeros(5, 3, 4, dtype=F64), torch.zeros(e, 7, dtype=F64),
+                                 torch.zeros(e, 3, dtype=F64), None)
+    with pytest.raises(ValueError, match="vectors has shape"):  # [E, 8] filters with vectors: C = 4, not 8
+        ops.vismp_vector_message(*graph, torch.zeros(5, 3, 8, dtype=F64), torch.zeros(e, 8, dtype=F64),
                                  torch.zeros(e, 3, dtype=F64), None)
     with pytest.raises(ValueError, match="harmonic components"):
         ops.vismp_dihedral(*graph, torch.zeros(5, 9, 2, dtype=F64), torch.zeros(5, 9, 2, dtype=F64),
                            torch.zeros(e, 9, dtype=F64))
     with pytest.raises(ValueError, match="num_heads"):
         x = torch.zeros(5, 6, dtype=F64)
-        ops.vismp_attention(*graph, x, x, x, torch.zeros(e, 6, dtype=F64), torch.zeros(e, 6, dtype=F64),
-                            torch.zeros(e, dtype=F64), 4)
+        ops.vismp_attention(*graph, x, x, x, torch.zeros(e, 12, dtype=F64), torch.zeros(e, dtype=F64), 4)
+    with pytest.raises(ValueError, match=r"filters has shape \[\d+, 6\], expected \[\d+, 12\]"):
+        ops.vismp_attention(*graph, x, x, x, torch.zeros(e, 6, dtype=F64), torch.zeros(e, dtype=F64), 3)
     with pytest.raises(ValueError, match="backend"):
         ViSNet(backend="cuda")
 

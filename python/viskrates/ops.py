@@ -169,8 +169,8 @@ def vismp_graph(receivers: Tensor, senders: Tensor, num_nodes: int) -> Tuple[Ten
 
 
 def vismp_vector_message_reference(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr: Tensor,
-                                   col_edges: Tensor, vectors: Optional[Tensor], scale: Tensor, shift: Tensor,
-                                   harmonics: Tensor, weights: Optional[Tensor]) -> Tensor:
+                                   col_edges: Tensor, vectors: Optional[Tensor], filters: Tensor, harmonics: Tensor,
+                                   weights: Optional[Tensor]) -> Tensor:
     """Aggregated ViS-MP vector messages, ``V_i[m, c] = Σ_{e: j→i} w_e·(v̂_j[m, c]·s1_e[c] + s2_e[c]·Y_e[m])``
     (README "Equations" §3, PyG's ``ViS_MP.message``/``aggregate`` for the vector channel).
 
@@ -178,35 +178,41 @@ def vismp_vector_message_reference(row_ptr: Tensor, receivers: Tensor, senders: 
         row_ptr, receivers, senders, col_ptr, col_edges: graph, see :func:`vismp_graph` (only receivers and
             senders are used here).
         vectors: [N, L, C] normalised vector features v̂ or None (v̂ = 0, first layer).
-        scale, shift: [E, C] s1, s2.
+        filters: [E, 2C] ``(s1 | s2)``, or [E, C] ``s2`` when ``vectors`` is None (s1 multiplies v̂ = 0).
         harmonics: [E, L] Y (L <= 8).
         weights: [E] w or None (w = 1).
 
     Returns:
-        [N, L, C], dtype of ``scale``; atoms without edges get 0.
+        [N, L, C], dtype of ``filters``; atoms without edges get 0.
     """
+    if vectors is None:
+        shift = filters
+    else:
+        scale, shift = filters.chunk(2, dim=1)
     messages = shift.unsqueeze(1) * harmonics.unsqueeze(-1)
     if vectors is not None:
         messages = messages + vectors.index_select(0, senders) * scale.unsqueeze(1)
     if weights is not None:
         messages = messages * weights.view(-1, 1, 1)
-    out = torch.zeros((row_ptr.shape[0] - 1,) + messages.shape[1:], dtype=scale.dtype, device=scale.device)
+    out = torch.zeros((row_ptr.shape[0] - 1,) + messages.shape[1:], dtype=filters.dtype, device=filters.device)
     return out.index_add_(0, receivers, messages)
 
 
 def vismp_vector_message(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr: Tensor, col_edges: Tensor,
-                         vectors: Optional[Tensor], scale: Tensor, shift: Tensor, harmonics: Tensor,
+                         vectors: Optional[Tensor], filters: Tensor, harmonics: Tensor,
                          weights: Optional[Tensor]) -> Tensor:
     """Fused :func:`vismp_vector_message_reference` (``torch.ops.viskrates.vismp_vector_message``): one pass
     per receiver over its edges, never materialising the [E, L, C] messages. Same arguments and result;
-    float32/float64, CPU or CUDA. C++ backward to vectors, scale, shift, harmonics and weights (recomputed
-    from the inputs, deterministic); no double backward (RuntimeError under ``create_graph=True``).
+    float32/float64, CPU or CUDA; ``filters`` may be a row-strided view. C++ backward to vectors, filters (one
+    gradient tensor, so a model's [E, 2C] projection needs no concatenation of per-part gradients), harmonics and
+    weights (recomputed from the inputs, deterministic); no double backward (RuntimeError under
+    ``create_graph=True``).
 
     Raises:
         ValueError: inconsistent shapes, dtypes or devices, or more than 8 harmonic components.
     """
-    return torch.ops.viskrates.vismp_vector_message(row_ptr, receivers, senders, col_ptr, col_edges, vectors, scale,
-                                                    shift, harmonics, weights)
+    return torch.ops.viskrates.vismp_vector_message(row_ptr, receivers, senders, col_ptr, col_edges, vectors, filters,
+                                                    harmonics, weights)
 
 
 def vismp_dihedral_reference(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr: Tensor,
@@ -246,8 +252,8 @@ def vismp_dihedral(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr:
 
 
 def vismp_attention_reference(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr: Tensor,
-                              col_edges: Tensor, query: Tensor, key: Tensor, value: Tensor, key_filter: Tensor,
-                              value_filter: Tensor, weights: Tensor, num_heads: int) -> Tensor:
+                              col_edges: Tensor, query: Tensor, key: Tensor, value: Tensor, filters: Tensor,
+                              weights: Tensor, num_heads: int) -> Tensor:
     """ViS-MP scalar messages, multi-head SiLU attention with edge filters (README "Equations" §3
     "Message"; :func:`viskrates.nn.vismp.attention_messages`):
     ``m_e[c] = val_j[c]·dv_e[c]·SiLU(Σ_{c'∈h(c)} q_i[c']·k_j[c']·dk_e[c'])·w_e``, heads being consecutive
@@ -256,14 +262,15 @@ def vismp_attention_reference(row_ptr: Tensor, receivers: Tensor, senders: Tenso
     Args:
         row_ptr, receivers, senders, col_ptr, col_edges: graph, see :func:`vismp_graph`.
         query, key, value: [N, C] per-atom projections.
-        key_filter, value_filter: [E, C] edge filters dk, dv (views with unit column stride are accepted).
+        filters: [E, 2C] edge filters ``(dk | dv)`` (views with unit column stride are accepted).
         weights: [E] w (ViSNet: the cosine cutoff φ).
         num_heads: H, dividing C.
 
     Returns:
         [E, C] messages.
     """
-    num_edges, channels = key_filter.shape[0], key_filter.shape[1]
+    num_edges, channels = filters.shape[0], query.shape[1]
+    key_filter, value_filter = filters[:, :channels], filters[:, channels:2 * channels]
     scores = (query.index_select(0, receivers) * key.index_select(0, senders) * key_filter)
     scores = scores.view(num_edges, num_heads, channels // num_heads).sum(-1)
     attention = torch.nn.functional.silu(scores) * weights.unsqueeze(-1)
@@ -272,18 +279,19 @@ def vismp_attention_reference(row_ptr: Tensor, receivers: Tensor, senders: Tenso
 
 
 def vismp_attention(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr: Tensor, col_edges: Tensor,
-                    query: Tensor, key: Tensor, value: Tensor, key_filter: Tensor, value_filter: Tensor,
-                    weights: Tensor, num_heads: int) -> Tensor:
+                    query: Tensor, key: Tensor, value: Tensor, filters: Tensor, weights: Tensor,
+                    num_heads: int) -> Tensor:
     """Fused :func:`vismp_attention_reference` (``torch.ops.viskrates.vismp_attention``): one pass per
     receiver, no gathered [E, C] copies of q, k, val; the edge filters are read in place (no copy) when they
-    are column blocks of a wider projection. Same arguments and result; float32/float64, CPU or CUDA. C++
-    backward to query, key, value, the filters and weights (deterministic); no double backward.
+    are a view of a wider projection. Same arguments and result; float32/float64, CPU or CUDA. C++ backward to
+    query, key, value, the filters (one [E, 2C] gradient tensor) and weights (deterministic); no double
+    backward.
 
     Raises:
         ValueError: inconsistent shapes, dtypes or devices, or num_heads not dividing C.
     """
     return torch.ops.viskrates.vismp_attention(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value,
-                                               key_filter, value_filter, weights, num_heads)
+                                               filters, weights, num_heads)
 
 
 # ---- fused Euclidean attention (SO3krates; Frank et al., Nat. Commun. 15, 6539 (2024)) ------------------

@@ -177,27 +177,30 @@ def vector_messages(vectors: Optional[Tensor], scale: Tensor, shift: Tensor, har
     return messages
 
 
-def scalar_messages(query: Tensor, key: Tensor, value: Tensor, key_filter: Tensor, value_filter: Tensor,
-                    edge_weights: Tensor, receivers: Tensor, senders: Tensor, num_heads: int,
+def scalar_messages(query: Tensor, key: Tensor, value: Tensor, filters: Tensor, edge_weights: Tensor,
+                    receivers: Tensor, senders: Tensor, num_heads: int,
                     graph: Optional[Tuple[Tensor, Tensor, Tensor]]) -> Tensor:
     """:func:`attention_messages` (graph None) or the fused kernel ``viskrates.ops.vismp_attention`` (graph =
     ``(row_ptr, col_ptr, col_edges)`` from :func:`viskrates.ops.vismp_graph`, receiver-sorted edges).
-    Same arguments as :func:`attention_messages`; returns [E, C]."""
+    Arguments as for :func:`attention_messages`, with the two edge filters side by side in ``filters`` [E, 2C]
+    ``(dk | dv)``; returns [E, C]."""
     if graph is None:
+        key_filter, value_filter = filters.chunk(2, dim=-1)
         return attention_messages(query, key, value, key_filter, value_filter, edge_weights, receivers, senders,
                                   num_heads)
     row_ptr, col_ptr, col_edges = graph
-    return vismp_attention(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value, key_filter,
-                           value_filter, edge_weights, num_heads)
+    return vismp_attention(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value, filters, edge_weights,
+                           num_heads)
 
 
-def aggregate_vector_messages(vectors: Optional[Tensor], scale: Tensor, shift: Tensor, harmonics: Tensor,
-                              receivers: Tensor, senders: Tensor, edge_weights: Optional[Tensor], num_nodes: int,
+def aggregate_vector_messages(vectors: Optional[Tensor], filters: Tensor, harmonics: Tensor, receivers: Tensor,
+                              senders: Tensor, edge_weights: Optional[Tensor], num_nodes: int,
                               graph: Optional[Tuple[Tensor, Tensor, Tensor]]) -> Tensor:
     """``V_i = Σ_{e: j→i} u_ij``: :func:`vector_messages` summed into the receivers.
 
     Args:
-        vectors, scale, shift, harmonics, senders, edge_weights: as for :func:`vector_messages`.
+        vectors, harmonics, senders, edge_weights: as for :func:`vector_messages`.
+        filters: [E, 2C] ``(s1 | s2)``, or [E, C] ``s2`` when ``vectors`` is None.
         receivers: [E] int64, sorted ascending when ``graph`` is given.
         num_nodes: N.
         graph: None for the reference path (PyTorch ops, [E, L, C] messages), or ``(row_ptr, col_ptr,
@@ -207,10 +210,13 @@ def aggregate_vector_messages(vectors: Optional[Tensor], scale: Tensor, shift: T
         [N, L, C].
     """
     if graph is None:
+        scale, shift = filters, filters
+        if vectors is not None:
+            scale, shift = filters.chunk(2, dim=-1)
         return segment_sum(vector_messages(vectors, scale, shift, harmonics, senders, edge_weights), receivers,
                            num_nodes)
     row_ptr, col_ptr, col_edges = graph
-    return vismp_vector_message(row_ptr, receivers, senders, col_ptr, col_edges, vectors, scale, shift, harmonics,
+    return vismp_vector_message(row_ptr, receivers, senders, col_ptr, col_edges, vectors, filters, harmonics,
                                 edge_weights)
 
 
@@ -325,35 +331,34 @@ class ViSMPLayer(nn.Module):
         # stacked outputs are cut with split (not slices): its backward concatenates the gradients
         # instead of zero-filling one full-width gradient per slice
         query, key, value = self.qkv_proj(self.layernorm(x)).split(c, dim=-1)
-        # with v = 0 the edge update vanishes, so its gate rows (the last C) are not evaluated
-        rows = 2 * c if vectors_are_zero else self.edge_proj.out_features
-        filters = F.silu(F.linear(edge_features, self.edge_proj.weight[:rows], self.edge_proj.bias[:rows]))
-        filters = filters.split(c, dim=-1)  # dk, dv (, edge gate)
-        key_filter, value_filter = filters[0], filters[1]
-        messages = scalar_messages(query, key, value, key_filter, value_filter, edge_weights, receivers, senders,
-                                   self.num_heads, graph)
+        # The attention filters (dk | dv) and the edge-update gate are separate products of edge_proj's rows, and
+        # the per-edge filters reach the ops whole: per-part tensors would cost a concatenation of [E, 2-3C]
+        # gradients in every backward pass.
+        filters = F.silu(F.linear(edge_features, self.edge_proj.weight[:2 * c], self.edge_proj.bias[:2 * c]))
+        messages = scalar_messages(query, key, value, filters, edge_weights, receivers, senders, self.num_heads,
+                                   graph)
         if vectors_are_zero:
-            # with v = 0 the scale s1 multiplies nothing, so only the shift rows of s_proj are evaluated; the
-            # op's unused scale argument gets a detached stand-in (no gradient flows through it)
-            shift = F.silu(F.linear(messages, self.s_proj.weight[c:], self.s_proj.bias[c:]))
-            scale = shift.detach()
+            # with v = 0 the scale s1 multiplies nothing, so only the shift rows of s_proj are evaluated
+            vector_filters = F.silu(F.linear(messages, self.s_proj.weight[c:], self.s_proj.bias[c:]))
         else:
-            scale, shift = F.silu(self.s_proj(messages)).split(c, dim=-1)
+            vector_filters = F.silu(self.s_proj(messages))  # s1 | s2
         vector_weights: Optional[Tensor] = None
         if vector_cutoff:
             vector_weights = edge_weights
         o1, o2, o3 = self.o_proj(segment_sum(messages, receivers, num_nodes)).split(c, dim=-1)
         if vectors_are_zero:
-            aggregated = aggregate_vector_messages(None, scale, shift, harmonics, receivers, senders, vector_weights,
-                                                   num_nodes, graph)
+            aggregated = aggregate_vector_messages(None, vector_filters, harmonics, receivers, senders,
+                                                   vector_weights, num_nodes, graph)
             return x + o3, vectors + aggregated, edge_features
         v_hat = vectors * self.vec_norm_weight
-        aggregated = aggregate_vector_messages(v_hat, scale, shift, harmonics, receivers, senders, vector_weights,
+        aggregated = aggregate_vector_messages(v_hat, vector_filters, harmonics, receivers, senders, vector_weights,
                                                num_nodes, graph)
         projected = self.vec_proj(v_hat).split(c, dim=-1)
         dx = (projected[0] * projected[1]).sum(1) * o2 + o3
         dv = projected[2] * o1.unsqueeze(1) + aggregated
         if self.update_edges:
             dihedral = dihedral_term(projected[3], projected[4], harmonics, receivers, senders, graph)
-            edge_features = torch.addcmul(edge_features, filters[2], dihedral)
+            # with v = 0 (first layer) the update vanishes, so the gate rows (the last C) are evaluated only here
+            gate = F.silu(F.linear(edge_features, self.edge_proj.weight[2 * c:], self.edge_proj.bias[2 * c:]))
+            edge_features = torch.addcmul(edge_features, gate, dihedral)
         return x + dx, vectors + dv, edge_features
