@@ -99,11 +99,12 @@ VISKRATES_HD void vector_message_edge(const VectorMessage<T>& p, int64_t e, int6
 
 // Receiver pass of the backward for edge e (receiver i, sender j), upstream gradient g = dL/dV [N, L, C]:
 // writes dL/ds1_e, dL/ds2_e for channels c0 .. c0+W-1 (grad_scale may be nullptr when v̂ = 0) and adds
-// these channels' share of dL/dY_e[m] to gy[m] and of dL/dw_e to *gw. (Its outputs are not marked
-// VISKRATES_RESTRICT: GCC then vectorised it differently and the op took 30 % longer.)
+// these channels' share of dL/dY_e[m] to gy[m] and of dL/dw_e to *gw.
 template <int W, typename T>
 VISKRATES_HD void vector_message_edge_backward(const VectorMessage<T>& p, const T* g, int64_t e, int64_t i, int64_t j,
-                                               int64_t c0, T* grad_scale, T* grad_shift, T* gy, T* gw) {
+                                               int64_t c0, T* VISKRATES_RESTRICT grad_scale,
+                                               T* VISKRATES_RESTRICT grad_shift, T* VISKRATES_RESTRICT gy,
+                                               T* VISKRATES_RESTRICT gw) {
   const T wt = p.weights != nullptr ? p.weights[e] : T(1);
   const T* s1 = p.scale + e * p.ld_scale + c0;
   const T* s2 = p.shift + e * p.ld_shift + c0;
