@@ -11,7 +11,7 @@ import io
 import pytest
 import torch
 
-import viskrates  # noqa: F401  (loads the op library)
+import viskrates
 from viskrates import bench
 from viskrates.ops import long_range_energy, long_range_energy_reference, neighbor_list
 from viskrates.physics import COULOMB_CONSTANT, Electrostatics, QDODispersion
@@ -140,6 +140,15 @@ def test_op_is_deterministic_and_thread_independent():
         torch.set_num_threads(threads)
     for a, b, c in zip(first, second, third):
         assert torch.equal(a, b) and torch.equal(b, c)
+
+
+def test_op_library_runs_parallel_for_with_torchs_openmp():
+    # at::parallel_for is inline and runs its range serially in code compiled without OpenMP: the kernels would
+    # ignore torch.set_num_threads, and the determinism checks across thread counts would compare serial runs.
+    if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("this torch does not use the OpenMP backend")
+    with open(viskrates.OPS_LIBRARY, "rb") as handle:
+        assert b"GOMP_parallel" in handle.read(), f"{viskrates.OPS_LIBRARY} was built without OpenMP"
 
 
 def test_op_errors():
