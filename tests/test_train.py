@@ -1,6 +1,7 @@
 """Training package: unit conversion of datasets, energy shifts, splits, config errors, a short training run,
 bitwise checkpoint resume, export (TorchScript + openmm-ml) and 2-process data-parallel gradients."""
 import os
+import time
 
 import numpy as np
 import pytest
@@ -405,7 +406,11 @@ def _ddp_worker(rank, init_file, output_dir):
         trainer = Trainer(tiny_config(output_dir))
         assert (trainer.rank, trainer.world_size) == (rank, 2)
         loss = trainer.compute_gradients(batches(trainer.train_set, 5, False, 0, 0)[0])
-        torch.save({"loss": loss, "grads": [p.grad for p in trainer.parameters]}, output_dir + ".pt")
+        # the ranks' clocks disagree (rank 1 started fit 10 min earlier): all must see the same time budget spent
+        trainer._fit_start = time.monotonic() - 600.0 * rank
+        minutes = trainer.elapsed_minutes()
+        torch.save({"loss": loss, "grads": [p.grad for p in trainer.parameters], "minutes": minutes},
+                   output_dir + ".pt")
     finally:
         dist.destroy_process_group()
 
@@ -432,5 +437,6 @@ def test_two_process_gloo_gradients_equal_single_process(tmp_path):
         result = torch.load(str(tmp_path / f"rank{rank}.pt"))
         rank_loss, grads = result["loss"], result["grads"]
         assert rank_loss == pytest.approx(loss, rel=1e-12)
+        assert result["minutes"] == pytest.approx(5.0, abs=0.1)  # the mean of ~0 and ~10 minutes
         for p, g in zip(single.parameters, grads):
             torch.testing.assert_close(g, p.grad, rtol=1e-10, atol=1e-13)

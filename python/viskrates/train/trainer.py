@@ -257,7 +257,8 @@ class Trainer:
     A checkpoint holds the config, the model, optimizer, scheduler and EMA states, the RNG states, the epoch and
     step, the early-stopping state and the training-data hash; ``Trainer(config, resume=path)`` continues from it
     and reproduces an uninterrupted run bitwise (same hardware and threads), because each epoch's batch order is
-    drawn from (seed, epoch) only. ``model.initial_weights`` instead starts a new run from a checkpoint's EMA
+    drawn from (seed, epoch) only (not with ``training.max_minutes``: the cosine schedule then also follows the
+    clock). ``model.initial_weights`` instead starts a new run from a checkpoint's EMA
     weights (a warm restart, or fine-tuning on other data).
 
     Raises:
@@ -387,10 +388,18 @@ class Trainer:
 
     def elapsed_minutes(self) -> float:
         """Training minutes so far: those of the checkpoint's history (a resumed run counts on) plus the time since
-        :meth:`fit` started."""
+        :meth:`fit` started; with several processes the mean over the ranks (a collective: every rank must call
+        it at the same point)."""
         if self._fit_start is None:
-            return self.history[-1]["minutes"] if self.history else 0.0
-        return self._minutes_before + (time.monotonic() - self._fit_start) / 60.0
+            minutes = self.history[-1]["minutes"] if self.history else 0.0
+        else:
+            minutes = self._minutes_before + (time.monotonic() - self._fit_start) / 60.0
+        if self.world_size > 1:
+            # the time-budgeted learning rate and the stop at the budget must be the same on every rank, or the
+            # replicas' weights drift apart and a rank that stops early leaves the others waiting in all_reduce
+            total = distributed.all_reduce_sum(torch.tensor([minutes], dtype=torch.float64), self.world_size)
+            minutes = float(total[0]) / self.world_size
+        return minutes
 
     # -- one step
     def compute_gradients(self, structures: Sequence[Structure]) -> float:
