@@ -360,5 +360,6 @@ class ViSMPLayer(nn.Module):
             dihedral = dihedral_term(projected[3], projected[4], harmonics, receivers, senders, graph)
             # with v = 0 (first layer) the update vanishes, so the gate rows (the last C) are evaluated only here
             gate = F.silu(F.linear(edge_features, self.edge_proj.weight[2 * c:], self.edge_proj.bias[2 * c:]))
-            edge_features = torch.addcmul(edge_features, gate, dihedral)
+            # not addcmul: its backward multiplies both gradients by the scalar `value` in two more [E, C] passes
+            edge_features = edge_features + gate * dihedral
         return x + dx, vectors + dv, edge_features
