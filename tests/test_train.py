@@ -305,13 +305,16 @@ def test_cosine_schedule_anneals_within_the_time_budget(tmp_path, monkeypatch):
         return 1e-5 + (2e-3 - 1e-5) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(cosine(trainer.step / steps), rel=1e-12)
-    for minutes, progress in ((6.0, 0.6), (11.0, 1.0)):  # 60 % of the budget spent, then more than all of it
+    # the clock is read at the end of each epoch: 60 % of the budget spent during epoch 2, then all of it
+    for epochs, minutes, progress in ((2, 6.0, 0.6), (3, 11.0, 1.0)):
         clock[0] = 1000.0 + 60.0 * minutes
-        trainer.scheduler.step()
+        trainer.config.training.epochs = epochs
+        trainer.fit()
+        trainer.scheduler.step()  # the first step after that epoch end
         assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(cosine(progress), rel=1e-12)
-    trainer.config.training.epochs = 5
+    trainer.config.training.epochs = 6
     trainer.fit()  # already over budget: stops after one epoch
-    assert trainer.epoch == 2 and trainer.history[-1]["minutes"] == pytest.approx(11.0)
+    assert trainer.epoch == 4 and trainer.history[-1]["minutes"] == pytest.approx(11.0)
 
 
 def test_initial_weights_start_a_fresh_run_from_the_ema_weights(tmp_path):

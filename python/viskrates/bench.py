@@ -350,8 +350,8 @@ def run_benchmark(models: Sequence[str] = MODELS, sizes: Sequence[int] = DEFAULT
           + ", ".join(f"{r['model']} {r['backend']} {r['atoms']}: {r['memory_estimate_gib']:.1f}" for r in results),
           file=out)
     print("ms/step: best of the repeats (wall); cpu ms: process CPU time of that step; sys ms: its kernel part "
-          "(page faults); speed-up: reference ms / fused ms; peak RSS: ru_maxrss of the case's process; step dMiB: ru_maxrss minus the resident size "
-          "before the first step", file=out)
+          "(page faults); speed-up: reference ms / fused ms; peak RSS: ru_maxrss of the case's process; step dMiB: "
+          "ru_maxrss minus the resident size before the first step", file=out)
     if ptxas:
         for line in ptxas_report():
             print(line, file=out)

@@ -258,8 +258,8 @@ class Trainer:
     step, the early-stopping state and the training-data hash; ``Trainer(config, resume=path)`` continues from it
     and reproduces an uninterrupted run bitwise (same hardware and threads), because each epoch's batch order is
     drawn from (seed, epoch) only (not with ``training.max_minutes``: the cosine schedule then also follows the
-    clock). ``model.initial_weights`` instead starts a new run from a checkpoint's EMA
-    weights (a warm restart, or fine-tuning on other data).
+    clock, read at the end of each epoch). ``model.initial_weights`` instead starts a new run from a checkpoint's
+    EMA weights (a warm restart, or fine-tuning on other data).
 
     Raises:
         ValueError: bad config or data (see :func:`~viskrates.train.config.parse_config`), a checkpoint from
@@ -291,6 +291,7 @@ class Trainer:
         self.history: List[Dict[str, float]] = []
         self._fit_start: Optional[float] = None  # time.monotonic() when fit() started
         self._minutes_before = 0.0  # training minutes before fit() started (a resumed run's history)
+        self._budget_spent = 0.0  # share of training.max_minutes spent, as of the last epoch end
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         o = config.optimizer
         self.optimizer = torch.optim.AdamW(self.parameters, lr=o.lr, weight_decay=o.weight_decay,
@@ -313,21 +314,17 @@ class Trainer:
             FileNotFoundError: no such file. ValueError: not a viskrates checkpoint, or one of another model
                 (name, dtype or options).
         """
+        from .export import model_from_checkpoint
+
         if not os.path.exists(path):
             raise FileNotFoundError(f"model.initial_weights: {path} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(state, dict) or state.get("format") != "viskrates-checkpoint":
-            raise ValueError(f"model.initial_weights: {path} is not a viskrates training checkpoint")
+        trained, state = model_from_checkpoint(path)
         theirs, ours = dict(state["config"]["model"]), self.config.to_dict()["model"]
         for model_config in (theirs, ours):
             model_config.pop("initial_weights", None)  # a chain of warm restarts is still the same model
         if theirs != ours:
             raise ValueError(f"model.initial_weights: {path} holds model {theirs}, not {ours}")
-        self.model.load_state_dict(state["model"])
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        with torch.no_grad():
-            for p, average in zip(trainable, state["ema"]["shadow"], strict=True):
-                p.copy_(average)
+        self.model.load_state_dict(trained.state_dict())
 
     def _initialise_energy_scale_and_shifts(self) -> None:
         pretrained = self.config.model.name == "so3lr" or self.config.model.initial_weights is not None
@@ -363,16 +360,14 @@ class Trainer:
         if s.name == "constant":
             return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
         floor = s.min_lr / base
-        budget = self.config.training.max_minutes
 
         def cosine(step: int) -> float:
             if step < s.warmup_steps:
                 return (step + 1) / s.warmup_steps
+            # a run that the time budget will stop (slow or shared machine) still anneals to min_lr; the time is
+            # read once per epoch (fit), not in every step
             progress = (step - s.warmup_steps) / max(1, total_steps - s.warmup_steps)
-            if budget is not None:
-                # a run that the time budget will stop (slow or shared machine) still anneals to min_lr
-                progress = max(progress, self.elapsed_minutes() / budget)
-            progress = min(1.0, progress)
+            progress = min(1.0, max(progress, self._budget_spent))
             return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
         return torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine)
 
@@ -446,6 +441,8 @@ class Trainer:
         t = self.config.training
         os.makedirs(t.output_dir, exist_ok=True)
         self._minutes_before = self.elapsed_minutes()
+        if t.max_minutes is not None:
+            self._budget_spent = self._minutes_before / t.max_minutes
         self._fit_start = time.monotonic()
         metrics: Dict[str, float] = self.history[-1] if self.history else {}
         progress = None
@@ -466,7 +463,10 @@ class Trainer:
                     progress.update(1)
                     progress.set_description(f"epoch {self.epoch + 1}")
             self.epoch += 1
-            out_of_time = t.max_minutes is not None and self.elapsed_minutes() > t.max_minutes
+            minutes = self.elapsed_minutes()
+            if t.max_minutes is not None:
+                self._budget_spent = minutes / t.max_minutes
+            out_of_time = t.max_minutes is not None and minutes > t.max_minutes
             if self.epoch % t.validate_every == 0 or self.epoch == t.epochs or out_of_time:
                 self.ema.swap()
                 metrics = validate(self.model, self.validation_set, self.config, self.dtype, self.rank,
@@ -475,7 +475,7 @@ class Trainer:
                 metrics = {"epoch": self.epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
                            "train_loss": float(np.mean(losses)),
                            **{"val_" + k: v for k, v in metrics.items()},
-                           "minutes": self.elapsed_minutes()}
+                           "minutes": minutes}
                 self.history.append(metrics)
                 if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                     self.scheduler.step(metrics["val_loss"])
