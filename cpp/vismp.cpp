@@ -194,7 +194,7 @@ VectorMessageGrads vector_message_backward_cpu(const at::Tensor& grad, const at:
           for (int64_t k = graph.col_ptr[j]; k < graph.col_ptr[j + 1]; ++k) {
             const int64_t e = graph.col_edges[k];
             if (k + kPrefetchAhead < num_edges) {
-              prefetch_row(p.scale + graph.col_edges[k + kPrefetchAhead] * p.ld_scale, C);
+              prefetch_row(p.scale + graph.col_edges[k + kPrefetchAhead] * p.ld_filters, C);
             }
             vismp::for_channel_blocks(C, [&](auto width, int64_t c0) {
               vismp::vector_message_edge_backward_sender<decltype(width)::value>(p, gp, e, graph.receivers[e], c0,
@@ -402,8 +402,8 @@ AttentionGrads attention_backward_cpu(const at::Tensor& grad, const at::Tensor& 
             if (k + kPrefetchAhead < num_edges) {
               const int64_t ahead = graph.col_edges[k + kPrefetchAhead];
               prefetch_row(gp + ahead * C, C);
-              prefetch_row(p.key_filter + ahead * p.ld_key_filter, C);
-              prefetch_row(p.value_filter + ahead * p.ld_value_filter, C);
+              prefetch_row(p.key_filter + ahead * p.ld_filters, C);
+              prefetch_row(p.value_filter + ahead * p.ld_filters, C);
             }
             for (int64_t h = 0; h < H; ++h) {
               vismp::attention_edge_backward_sender<D0>(p, gp, e, graph.receivers[e], j, h, gk, gv);

@@ -67,7 +67,6 @@ vismp::VectorMessage<T> vector_message_params(const VectorMessageInputs& in) {
           in.L,
           in.C,
           in.filters.stride(0),
-          in.filters.stride(0),
           in.filters.size(1)};
 }
 
@@ -104,9 +103,9 @@ AttentionInputs check_attention(const at::Tensor& row_ptr, const at::Tensor& rec
 template <typename T>
 vismp::Attention<T> attention_params(const AttentionInputs& in) {
   const T* filters = in.filters.data_ptr<T>();
-  return {in.query.data_ptr<T>(), in.key.data_ptr<T>(),  in.value.data_ptr<T>(), filters,
-          filters + in.C,         in.weights.data_ptr<T>(), in.C,                  in.C / in.H,
-          in.filters.stride(0),   in.filters.stride(0),     2 * in.C};
+  return {in.query.data_ptr<T>(), in.key.data_ptr<T>(),    in.value.data_ptr<T>(), filters,
+          filters + in.C,         in.weights.data_ptr<T>(), in.C,                   in.C / in.H,
+          in.filters.stride(0),   2 * in.C};
 }
 
 // (grad_query, grad_key, grad_value, grad_filters, grad_weights)

@@ -65,13 +65,13 @@ struct Graph {
 template <typename T>
 struct VectorMessage {
   const T* vectors;    // [N, L, C] v̂, or nullptr when v̂ = 0 (first layer)
-  const T* scale;      // [E, ld_scale] s1 (first C columns)
-  const T* shift;      // [E, ld_shift] s2
+  const T* scale;      // [E, ld_filters] s1
+  const T* shift;      // [E, ld_filters] s2
   const T* harmonics;  // [E, L] Y
   const T* weights;    // [E] w, or nullptr for w = 1
   int64_t L, C;
-  int64_t ld_scale, ld_shift;  // row strides: s1 and s2 are column blocks of one [E, 2C] filter tensor
-  int64_t ld_grad;             // row stride of dL/ds1 and dL/ds2 (column blocks of one gradient tensor)
+  int64_t ld_filters;  // row stride of the filter tensor whose column blocks s1 and s2 are
+  int64_t ld_grad;     // row stride of dL/ds1 and dL/ds2 (column blocks of one gradient tensor)
 };
 
 // The bodies below handle the W channels c0 .. c0+W-1 of one edge; W is a compile-time constant so that
@@ -82,8 +82,8 @@ template <int W, typename T>
 VISKRATES_HD void vector_message_edge(const VectorMessage<T>& p, int64_t e, int64_t j, int64_t c0,
                                       T* VISKRATES_RESTRICT acc, int64_t ld) {
   const T wt = p.weights != nullptr ? p.weights[e] : T(1);
-  const T* s1 = p.scale + e * p.ld_scale + c0;
-  const T* s2 = p.shift + e * p.ld_shift + c0;
+  const T* s1 = p.scale + e * p.ld_filters + c0;
+  const T* s2 = p.shift + e * p.ld_filters + c0;
   const T* y = p.harmonics + e * p.L;
   for (int64_t m = 0; m < p.L; ++m) {
     T* a = acc + m * ld;
@@ -106,8 +106,8 @@ VISKRATES_HD void vector_message_edge_backward(const VectorMessage<T>& p, const 
                                                T* VISKRATES_RESTRICT grad_shift, T* VISKRATES_RESTRICT gy,
                                                T* VISKRATES_RESTRICT gw) {
   const T wt = p.weights != nullptr ? p.weights[e] : T(1);
-  const T* s1 = p.scale + e * p.ld_scale + c0;
-  const T* s2 = p.shift + e * p.ld_shift + c0;
+  const T* s1 = p.scale + e * p.ld_filters + c0;
+  const T* s2 = p.shift + e * p.ld_filters + c0;
   const T* y = p.harmonics + e * p.L;
   T d1[W], d2[W];
   for (int w = 0; w < W; ++w) d1[w] = d2[w] = T(0);
@@ -139,7 +139,7 @@ template <int W, typename T>
 VISKRATES_HD void vector_message_edge_backward_sender(const VectorMessage<T>& p, const T* g, int64_t e, int64_t i,
                                                       int64_t c0, T* VISKRATES_RESTRICT acc, int64_t ld) {
   const T wt = p.weights != nullptr ? p.weights[e] : T(1);
-  const T* s1 = p.scale + e * p.ld_scale + c0;
+  const T* s1 = p.scale + e * p.ld_filters + c0;
   for (int64_t m = 0; m < p.L; ++m) {
     T* a = acc + m * ld;
     const T* gm = g + (i * p.L + m) * p.C + c0;
@@ -258,10 +258,11 @@ struct Attention {
   const T* query;         // [N, C] q
   const T* key;           // [N, C] k
   const T* value;         // [N, C] val
-  const T* key_filter;    // [E, ld_key_filter] dk (first C columns)
-  const T* value_filter;  // [E, ld_value_filter] dv
+  const T* key_filter;    // [E, ld_filters] dk
+  const T* value_filter;  // [E, ld_filters] dv
   const T* weights;       // [E] w (the cosine cutoff φ)
-  int64_t C, D, ld_key_filter, ld_value_filter;
+  int64_t C, D;
+  int64_t ld_filters;      // row stride of the filter tensor whose column blocks dk and dv are
   int64_t ld_grad_filter;  // row stride of dL/ddk and dL/ddv (column blocks of one gradient tensor)
 };
 
@@ -270,7 +271,7 @@ VISKRATES_HD T attention_score(const Attention<T>& p, int64_t e, int64_t i, int6
   const int64_t D = D0 > 0 ? D0 : p.D;
   const T* q = p.query + i * p.C + h * D;
   const T* k = p.key + j * p.C + h * D;
-  const T* dk = p.key_filter + e * p.ld_key_filter + h * D;
+  const T* dk = p.key_filter + e * p.ld_filters + h * D;
   T score = T(0);
   for (int64_t d = 0; d < D; ++d) score += q[d] * k[d] * dk[d];
   return score;
@@ -288,7 +289,7 @@ VISKRATES_HD void attention_edge(const Attention<T>& p, int64_t e, int64_t i, in
   const T score = attention_score<D0>(p, e, i, j, h);
   const T a = score * sigmoid(score) * p.weights[e];
   const T* v = p.value + j * p.C + h * D;
-  const T* dv = p.value_filter + e * p.ld_value_filter + h * D;
+  const T* dv = p.value_filter + e * p.ld_filters + h * D;
   T* o = out + e * p.C + h * D;
   for (int64_t d = 0; d < D; ++d) o[d] = (v[d] * dv[d]) * a;
 }
@@ -305,7 +306,7 @@ VISKRATES_HD T attention_grad_score(const Attention<T>& p, const T* g, int64_t e
   *silu = score * sig;
   *a = *silu * w;
   const T* v = p.value + j * p.C + h * D;
-  const T* dv = p.value_filter + e * p.ld_value_filter + h * D;
+  const T* dv = p.value_filter + e * p.ld_filters + h * D;
   const T* ge = g + e * p.C + h * D;
   T ga = T(0);
   for (int64_t d = 0; d < D; ++d) ga += ge[d] * v[d] * dv[d];
@@ -327,7 +328,7 @@ VISKRATES_HD T attention_edge_backward(const Attention<T>& p, const T* g, int64_
   const T* q = p.query + i * p.C + c0;
   const T* k = p.key + j * p.C + c0;
   const T* v = p.value + j * p.C + c0;
-  const T* dk = p.key_filter + e * p.ld_key_filter + c0;
+  const T* dk = p.key_filter + e * p.ld_filters + c0;
   const T* ge = g + e * p.C + c0;
   T* gq = grad_query + i * p.C + c0;
   for (int64_t d = 0; d < D; ++d) {
@@ -348,8 +349,8 @@ VISKRATES_HD void attention_edge_backward_sender(const Attention<T>& p, const T*
   const T grad_score = attention_grad_score<D0>(p, g, e, i, j, h, &a, &silu, &grad_a);
   const int64_t c0 = h * D;
   const T* q = p.query + i * p.C + c0;
-  const T* dk = p.key_filter + e * p.ld_key_filter + c0;
-  const T* dv = p.value_filter + e * p.ld_value_filter + c0;
+  const T* dk = p.key_filter + e * p.ld_filters + c0;
+  const T* dv = p.value_filter + e * p.ld_filters + c0;
   const T* ge = g + e * p.C + c0;
   T* gk = grad_key + j * p.C + c0;
   T* gv = grad_value + j * p.C + c0;
