@@ -235,3 +235,31 @@ def test_vector_cutoff_is_off_by_default_and_pyg_defaults():
     with pytest.raises(ValueError, match="vertex"):
         ViSNet(vertex=True)
     assert math.isclose(float(net.radial.betas[0]), (2 / 32 * (1 - math.exp(-5.0))) ** -2, rel_tol=1e-6)
+
+
+def test_reference_radial_features_have_no_float32_subnormals():
+    """The radial features entering the first linear layer (φ·ExpNormal basis) on the reference path, which
+    training runs, have no subnormal float32 entries (they slowed its weight-gradient products several-fold);
+    the others equal the float64 features of the same float32 distances to float32 rounding."""
+    from viskrates.nn.cutoff import cosine_cutoff
+    from viskrates.ops import neighbor_list
+
+    net = _model("B", torch.float32)
+    captured = []
+    handle = net.radial_proj.register_forward_hook(lambda module, args, out: captured.append(args[0].detach()))
+    z, pos, _ = inputs(reference("B", "chignolin"), torch.float32)
+    try:
+        net(z, pos)
+    finally:
+        handle.remove()
+    features = captured[0].double()
+    _, _, _, _, edge_vectors = neighbor_list(pos, net.cutoff, None, None, True)
+    distances = torch.linalg.vector_norm(edge_vectors, dim=-1).double()  # the float32 distances the model sees
+    expected = net.radial.double()(distances) * cosine_cutoff(distances, net.cutoff).unsqueeze(-1)
+    smallest_normal = float(torch.finfo(torch.float32).tiny)
+    assert int(((expected > 0) & (expected < smallest_normal)).sum()) > 100  # the basis has a subnormal tail
+    assert not bool(((features > 0) & (features < smallest_normal)).any())
+    # away from the cutoff, where φ = (cos + 1)/2 cancels in float32
+    normal = (expected > 2.0 * smallest_normal) & (distances < 4.5).unsqueeze(-1)
+    torch.testing.assert_close(features[normal], expected[normal], rtol=1e-4, atol=0.0)
+    assert bool((features[expected < 0.5 * smallest_normal] == 0).all())

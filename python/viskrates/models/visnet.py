@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ..elements import ELEMENT_SYMBOLS, describe_element
 from ..nn.cutoff import cosine_cutoff
-from ..nn.radial import ExpNormalSmearing
+from ..nn.radial import ExpNormalSmearing, zero_subnormals
 from ..nn.vismp import ViSMPLayer, edge_directions, segment_sum, spherical_harmonics, xavier_blocks
 from ..ops import neighbor_list, rgc_geometry, vismp_graph
 
@@ -277,7 +277,9 @@ class ViSNet(nn.Module):
             distances, units = edge_directions(edge_vectors, receivers, senders)
             harmonics = spherical_harmonics(units, self.lmax)
             phi = cosine_cutoff(distances, self.cutoff)
-            rbf = self.radial(distances) * phi.unsqueeze(-1)
+            # training runs this path, where the subnormal tail of the features slowed the weight-gradient
+            # products; inference computes no weight gradients, so the fused kernel keeps plain arithmetic
+            rbf = zero_subnormals(self.radial(distances) * phi.unsqueeze(-1))
         neighbor_filter, edge_filter = self.radial_proj(rbf).split(c, dim=-1)
         neighbor_weight = torch.where(receivers == senders, torch.zeros_like(phi), phi)
         neighbor_messages = (self.neighbor_embedding(atomic_numbers).index_select(0, senders) * neighbor_filter

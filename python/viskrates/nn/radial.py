@@ -53,6 +53,21 @@ class BernsteinBasis(nn.Module):
         return torch.exp(exponent.masked_fill(exponent < floor, float("-inf")))
 
 
+def zero_subnormals(values: Tensor) -> Tensor:
+    """``values`` with the entries of magnitude below the dtype's smallest normal number (float32 1.18e-38,
+    float64 2.23e-308) set to 0; same shape and dtype.
+
+    Subnormal operands make x86 arithmetic several times slower, and they cannot change a sum of the working
+    precision. A Gaussian basis has a subnormal tail (about 5 % of ViSNet's ExpNormal features in float32 on
+    0.8-5 Å), which made the weight-gradient products of its first linear layer several times slower in
+    training. The gradient through a zeroed entry is 0.
+    """
+    tiny = 2.2250738585072014e-308
+    if values.dtype == torch.float32:
+        tiny = 1.1754943508222875e-38
+    return values.masked_fill(values.abs() < tiny, 0.0)
+
+
 class ExpNormalSmearing(nn.Module):
     """Exponential-normal radial basis ``b_k(d) = exp(−β_k · (exp(−α·d) − μ_k)²)`` with ``α = 5/cutoff``.
 
