@@ -344,6 +344,12 @@ def test_initial_weights_start_a_fresh_run_from_the_ema_weights(tmp_path):
     config.model.initial_weights = str(tmp_path / "missing.pt")
     with pytest.raises(FileNotFoundError, match="initial_weights"):
         Trainer(config)
+    torch.save({"model": warm.model.state_dict()}, tmp_path / "weights_only.pt")
+    config.model.initial_weights = str(tmp_path / "weights_only.pt")
+    with pytest.raises(ValueError, match="weights_only.pt is not a viskrates training checkpoint"):
+        Trainer(config)
+    with pytest.raises(ValueError, match="weights_only.pt is not a viskrates training checkpoint"):
+        Trainer(tiny_config(tmp_path / "c", epochs=2), resume=str(tmp_path / "weights_only.pt"))
 
 
 def test_export_equals_in_memory_model_and_loads_in_openmm(tmp_path):

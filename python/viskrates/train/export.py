@@ -6,7 +6,7 @@ import torch
 
 from .. import __version__
 from .config import parse_config
-from .trainer import ExponentialMovingAverage, build_model
+from .trainer import ExponentialMovingAverage, build_model, read_checkpoint
 
 METADATA_FILE = "viskrates_metadata.json"
 """Name of the metadata entry inside an exported TorchScript archive (``torch.jit.save`` extra file)."""
@@ -27,9 +27,7 @@ def model_from_checkpoint(path: str, use_ema: bool = True, backend: Optional[str
     Raises:
         ValueError: not a viskrates checkpoint; a backend for a model other than ViSNet.
     """
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or state.get("format") != "viskrates-checkpoint":
-        raise ValueError(f"{path} is not a viskrates training checkpoint")
+    state = read_checkpoint(path)
     config = parse_config(state["config"])
     dtype = {"float32": torch.float32, "float64": torch.float64}[config.model.dtype]
     model = build_model(config.model.name, config.model.options, dtype)

@@ -52,6 +52,18 @@ def build_model(name: str, options: Dict, dtype: torch.dtype) -> nn.Module:
     return model.to(dtype)
 
 
+def read_checkpoint(path: str) -> Dict:
+    """The dict a :meth:`Trainer.save_checkpoint` wrote to ``path`` (loaded on the CPU).
+
+    Raises:
+        ValueError: the file is not a viskrates training checkpoint.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != "viskrates-checkpoint":
+        raise ValueError(f"{path} is not a viskrates training checkpoint")
+    return state
+
+
 def energy_shift_table(model: nn.Module) -> Tensor:
     """The per-element additive energy table of a model (indexed by Z, eV): ViSNet's ``atomref``,
     SO3krates'/SO3LR's ``atomic_offsets``."""
@@ -534,9 +546,7 @@ class Trainer:
         Raises:
             ValueError: not a viskrates checkpoint, another model, or another training set (data hash).
         """
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(state, dict) or state.get("format") != "viskrates-checkpoint":
-            raise ValueError(f"{path} is not a viskrates training checkpoint")
+        state = read_checkpoint(path)
         if state["config"]["model"] != self.config.to_dict()["model"]:
             raise ValueError(f"{path} was written for model {state['config']['model']}, not "
                              f"{self.config.to_dict()['model']}")
