@@ -11,7 +11,7 @@ from viskrates.train import (ExponentialMovingAverage, Structure, Trainer, expor
                              load_config, load_exported, model_from_checkpoint, parse_config, read_extxyz, read_npz,
                              split_dataset)
 from viskrates.train.data import batches, collate
-from viskrates.train.trainer import evaluate_batch
+from viskrates.train.trainer import build_model, evaluate_batch
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "train")
 ETHANOL = os.path.join(DATA, "ethanol_12.xyz")
@@ -233,6 +233,9 @@ def test_so3krates_trains_from_scratch(tmp_path):
     before = trainer.compute_gradients(part)
     trainer.fit()
     assert trainer.compute_gradients(part) < 0.8 * before
+    trainer.ema.swap()
+    export_checkpoint(str(tmp_path / "checkpoint_last.pt"), str(tmp_path / "so3krates.pt"))
+    assert_exported_matches(str(tmp_path / "so3krates.pt"), trainer.model, trainer.validation_set[0])
 
 
 def test_so3lr_fine_tuning_with_dipoles(tmp_path):
@@ -261,6 +264,9 @@ def test_so3lr_fine_tuning_with_dipoles(tmp_path):
     trainer.fit()
     assert trainer.compute_gradients(part) < 0.5 * before
     assert "val_dipole_mae_eA" in trainer.history[-1]
+    trainer.ema.swap()
+    export_checkpoint(str(tmp_path / "run" / "checkpoint_last.pt"), str(tmp_path / "so3lr.pt"))
+    assert_exported_matches(str(tmp_path / "so3lr.pt"), trainer.model, trainer.validation_set[0])
 
 
 def test_resume_continues_bitwise(tmp_path):
@@ -352,6 +358,27 @@ def test_initial_weights_start_a_fresh_run_from_the_ema_weights(tmp_path):
         Trainer(tiny_config(tmp_path / "c", epochs=2), resume=str(tmp_path / "weights_only.pt"))
 
 
+def assert_exported_matches(path, model, structure, rtol=1e-13, atol=1e-10):
+    """The exported model at ``path`` runs on the fused kernels and gives ``model``'s energy and forces (float64)."""
+    exported, metadata = load_exported(path)
+    assert metadata["model"]["backend"] == "fused"
+    results = []
+    for module in (model, exported):
+        positions = torch.tensor(structure.positions, requires_grad=True)
+        energy = module(torch.tensor(structure.atomic_numbers), positions, None, None, None)["energy"]
+        results.append((energy.detach(), -torch.autograd.grad(energy.sum(), positions)[0]))
+    assert float(results[0][1].abs().max()) > 1e-3  # forces to compare
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=rtol, atol=0)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=0, atol=atol)
+
+
+def test_training_refuses_a_backend_in_the_model_options():
+    for name, options in (("visnet", {"cutoff": 4.0}), ("so3krates", {"num_features": 8, "num_heads": 2, "lmax": 2}),
+                          ("so3lr", {})):
+        with pytest.raises(ValueError, match="must not choose a backend"):
+            build_model(name, {**options, "backend": "fused"}, torch.float64)
+
+
 def test_export_equals_in_memory_model_and_loads_in_openmm(tmp_path):
     import openmm
     import openmm.app as app
@@ -361,7 +388,7 @@ def test_export_equals_in_memory_model_and_loads_in_openmm(tmp_path):
     trainer.fit()
     checkpoint = str(tmp_path / "checkpoint_last.pt")
     exported_path = str(tmp_path / "model.pt")
-    metadata = export_checkpoint(checkpoint, exported_path)
+    metadata = export_checkpoint(checkpoint, exported_path, backend="reference")
     assert metadata["elements"] == [1, 6, 8] and metadata["cutoff"] == 4.0
     assert metadata["units"]["energy"] == "eV" and len(metadata["training_data_sha256"]) == 64
     model, _ = model_from_checkpoint(checkpoint)
@@ -380,14 +407,10 @@ def test_export_equals_in_memory_model_and_loads_in_openmm(tmp_path):
         results.append((energy.detach(), -torch.autograd.grad(energy.sum(), positions)[0]))
     assert torch.equal(results[0][0], results[1][0])
     torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=1e-12)
-    # the same weights on the fused kernels (inference backend chosen at export)
+    # by default the same weights are exported on the fused kernels
     fused_path = str(tmp_path / "fused.pt")
-    assert export_checkpoint(checkpoint, fused_path, backend="fused")["model"]["backend"] == "fused"
-    fused, _ = load_exported(fused_path)
-    positions = torch.tensor(structure.positions, requires_grad=True)
-    energy = fused(torch.tensor(structure.atomic_numbers), positions, None, None, None)["energy"]
-    torch.testing.assert_close(energy.detach(), results[0][0], rtol=1e-13, atol=0)
-    torch.testing.assert_close(-torch.autograd.grad(energy.sum(), positions)[0], results[0][1], rtol=0, atol=1e-10)
+    assert export_checkpoint(checkpoint, fused_path)["model"]["backend"] == "fused"
+    assert_exported_matches(fused_path, trainer.model, structure)
 
     topology = app.Topology()
     residue = topology.addResidue("ETH", topology.addChain())

@@ -118,8 +118,9 @@ def _add_train_commands(commands) -> None:
     export.add_argument("checkpoint", help="checkpoint_best.pt or checkpoint_last.pt of a training run")
     export.add_argument("-o", "--output", required=True, help="TorchScript file to write (e.g. model.pt)")
     export.add_argument("--no-ema", action="store_true", help="export the live weights instead of their EMA")
-    export.add_argument("--backend", default=None, choices=["reference", "fused"],
-                        help="ViSNet only: 'fused' runs the exported model on the viskrates kernels")
+    export.add_argument("--backend", default="fused", choices=["fused", "reference"],
+                        help="kernels of the exported model: 'fused' (default, the viskrates kernels) or "
+                             "'reference' (the PyTorch ones training used; same numbers up to rounding)")
     export.set_defaults(run=_export)
 
 

@@ -26,27 +26,29 @@ class SO3kratesPotential(nn.Module):
         energy_scale: initial σ_Z for every element (eV), e.g. the RMS force of the training set.
         normalization: divisor of the attention sums. SO3LR's value (13.17) makes the initial forces of a
             fresh network ~100x smaller than 1.0 does, and training from scratch then barely starts.
+        backend: ``'reference'`` (double backward: trainable on forces) or ``'fused'`` (the viskrates kernels,
+            same numbers up to rounding, inference only); see :class:`~viskrates.models.so3krates.SO3krates`.
 
     ``forward(atomic_numbers [N] int64, positions [N, 3] Å, box [3, 3] Å or None, batch [N] int64 sorted or
     None, total_charge [B] e or None) -> {"energy": [B] eV, "atomic_energies": [N] eV}``, in the model's
-    dtype. Forces: ``-autograd.grad(energy.sum(), positions)`` (double backward works: trainable on forces).
+    dtype. Forces: ``-autograd.grad(energy.sum(), positions)``.
 
     Raises:
-        ValueError (forward): atomic numbers outside 1..num_elements−1, inconsistent shapes.
+        ValueError: an unknown backend; (forward) atomic numbers outside 1..num_elements−1, inconsistent shapes.
     """
     cutoff: float
     supported_elements: List[int]
 
     def __init__(self, num_features: int = 128, num_heads: int = 4, lmax: int = 4, num_layers: int = 3,
                  num_basis: int = 32, cutoff: float = 4.5, num_elements: int = 119, energy_scale: float = 1.0,
-                 normalization: float = 1.0):
+                 normalization: float = 1.0, backend: str = "reference"):
         super().__init__()
         self.cutoff = float(cutoff)
         self.num_elements = num_elements
         self.supported_elements = list(range(1, num_elements))
         self._symbols = list(ELEMENT_SYMBOLS)
         self.network = SO3krates(num_features, num_heads, lmax, num_layers, num_basis, cutoff=cutoff,
-                                 normalization=normalization, num_elements=num_elements)
+                                 normalization=normalization, num_elements=num_elements, backend=backend)
         # The random normal embeddings of SO3krates' constructor (official parameters are loaded over them
         # in SO3LR) are too large for training from scratch; scale them like a unit-variance sum of three.
         with torch.no_grad():

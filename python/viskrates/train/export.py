@@ -1,6 +1,6 @@
 """Export of a trained model (EMA weights) to TorchScript with metadata, and loading of such files."""
 import json
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import torch
 
@@ -12,20 +12,21 @@ METADATA_FILE = "viskrates_metadata.json"
 """Name of the metadata entry inside an exported TorchScript archive (``torch.jit.save`` extra file)."""
 
 
-def model_from_checkpoint(path: str, use_ema: bool = True, backend: Optional[str] = None) -> Tuple[torch.nn.Module, Dict]:
+def model_from_checkpoint(path: str, use_ema: bool = True, backend: str = "reference"
+                          ) -> Tuple[torch.nn.Module, Dict]:
     """Rebuild the trained model of a training checkpoint (EMA weights by default) in evaluation mode.
 
     Args:
         path: ``checkpoint_*.pt`` written by :class:`~viskrates.train.trainer.Trainer`.
         use_ema: take the exponential moving average of the weights (what validation measured).
-        backend: for ViSNet, ``"fused"`` to run the exported model on the viskrates kernels (same numbers,
-            faster, inference only); default: the training backend ``"reference"``.
+        backend: ``"reference"`` (the training kernels, differentiable twice) or ``"fused"`` (the viskrates
+            kernels: same numbers up to rounding, faster, inference only).
 
     Returns:
         (model, checkpoint dict).
 
     Raises:
-        ValueError: not a viskrates checkpoint; a backend for a model other than ViSNet.
+        ValueError: not a viskrates checkpoint, or an unknown backend.
     """
     state = read_checkpoint(path)
     config = parse_config(state["config"])
@@ -36,22 +37,19 @@ def model_from_checkpoint(path: str, use_ema: bool = True, backend: Optional[str
         ema = ExponentialMovingAverage([p for p in model.parameters() if p.requires_grad], 0.0)
         ema.load_state_dict(state["ema"])
         ema.swap()
-    if backend is not None and backend != "reference":
-        if config.model.name != "visnet":
-            raise ValueError(f"backend={backend!r} applies to ViSNet only, this checkpoint holds {config.model.name}")
-        options = dict(config.model.options, backend=backend)
-        from ..models import ViSNet
-        fused = ViSNet(**options).to(dtype)
-        fused.load_state_dict(model.state_dict())
-        model = fused
+    if backend != "reference":
+        inference = build_model(config.model.name, config.model.options, dtype, backend=backend)
+        inference.load_state_dict(model.state_dict())
+        model = inference
     model.requires_grad_(False)
     return model.eval(), state
 
 
-def export_checkpoint(path: str, output: str, use_ema: bool = True, backend: Optional[str] = None) -> Dict:
-    """Write the model of a checkpoint as TorchScript (``torch.jit.save``) with a JSON metadata entry.
+def export_checkpoint(path: str, output: str, use_ema: bool = True, backend: str = "fused") -> Dict:
+    """Write the model of a checkpoint as TorchScript (``torch.jit.save``) with a JSON metadata entry, by default
+    on the fused kernels (training ran on the reference ones; same numbers up to rounding).
 
-    Metadata: ``format``, ``model`` (name, options, dtype), ``units`` (Å, eV, eV/Å, e), ``elements`` (atomic
+    Metadata: ``format``, ``model`` (name, options, dtype, backend), ``units`` (Å, eV, eV/Å, e), ``elements`` (atomic
     numbers in the training data), ``cutoff`` (Å), ``training_data_sha256``, ``epoch``, ``step``, the last
     validation metrics and the viskrates version. The file loads with :func:`load_exported` and, as
     ``modelPath``, with ``MLPotential('visnet' | 'so3lr' | 'so3krates', modelPath=...)``.
@@ -64,7 +62,7 @@ def export_checkpoint(path: str, output: str, use_ema: bool = True, backend: Opt
     metadata = {
         "format": "viskrates-exported-model", "version": 1, "viskrates_version": __version__,
         "model": {"name": config["name"], "options": config["options"], "dtype": config["dtype"],
-                  "backend": backend or "reference"},
+                  "backend": backend},
         "units": {"length": "Angstrom", "energy": "eV", "forces": "eV/Angstrom", "charge": "e"},
         "elements": state["elements"], "cutoff": float(model.cutoff),
         "training_data_sha256": state["data_hash"], "epoch": state["epoch"], "step": state["step"],

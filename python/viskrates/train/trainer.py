@@ -22,33 +22,29 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 # ---- models ----------------------------------------------------------------------------------------------
 
-def build_model(name: str, options: Dict, dtype: torch.dtype) -> nn.Module:
+def build_model(name: str, options: Dict, dtype: torch.dtype, backend: str = "reference") -> nn.Module:
     """A fresh model by config name (``visnet``, ``so3krates``) or the pretrained SO3LR (``so3lr``, all
-    parameters made trainable for fine-tuning), in ``dtype``. ViSNet is forced to the ``reference`` backend,
-    the one with double backward (forces in the loss).
+    parameters made trainable for fine-tuning), in ``dtype``, on the kernels ``backend``: ``'reference'`` (the one
+    with double backward, which training on forces needs) or ``'fused'`` (inference, e.g. an exported model).
 
     Raises:
-        ValueError: unknown name, or options the model rejects.
+        ValueError: unknown name, options the model rejects, or a ``backend`` in the options (training needs the
+            reference kernels; the backend is chosen at export).
     """
     from ..models import SO3LR, SO3kratesPotential, ViSNet
 
-    options = dict(options)
+    if "backend" in options:
+        raise ValueError("model.options must not choose a backend: training needs the 'reference' kernels (the "
+                         "fused ones have no double backward); the exported model runs on the fused kernels")
+    constructors = {"visnet": ViSNet, "so3krates": SO3kratesPotential, "so3lr": SO3LR}
+    if name not in constructors:
+        raise ValueError(f"unknown model {name!r}; known: visnet, so3krates, so3lr")
     try:
-        if name == "visnet":
-            if options.get("backend", "reference") != "reference":
-                raise ValueError("training needs ViSNet's 'reference' backend (the fused kernels have no double "
-                                 "backward); choose the backend at export instead")
-            options.pop("backend", None)
-            model = ViSNet(**options)
-        elif name == "so3krates":
-            model = SO3kratesPotential(**options)
-        elif name == "so3lr":
-            model = SO3LR(**options)
-            model.requires_grad_(True)
-        else:
-            raise ValueError(f"unknown model {name!r}; known: visnet, so3krates, so3lr")
+        model = constructors[name](**options, backend=backend)
     except TypeError as error:
         raise ValueError(f"bad model.options for {name}: {error}") from None
+    if name == "so3lr":
+        model.requires_grad_(True)
     return model.to(dtype)
 
 
