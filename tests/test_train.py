@@ -269,6 +269,39 @@ def test_so3lr_fine_tuning_with_dipoles(tmp_path):
     assert_exported_matches(str(tmp_path / "so3lr.pt"), trainer.model, trainer.validation_set[0])
 
 
+@pytest.mark.parametrize("name, options", [
+    ("visnet", {"hidden_channels": 16, "num_layers": 2, "num_rbf": 8, "num_heads": 2, "max_z": 10, "cutoff": 4.0,
+                "lmax": 2, "vector_cutoff": True}),
+    ("so3krates", {"num_features": 16, "num_heads": 2, "lmax": 2, "num_layers": 2, "num_basis": 8, "cutoff": 4.0,
+                   "num_elements": 10}),
+    ("so3lr", {"lr_cutoff": None}),
+])
+def test_finite_difference_force_gradient_matches_double_backward(tmp_path, name, options):
+    """The parameter gradient of the loss with the force term by finite differences (fused kernels, first
+    derivatives only) equals the double-backward one (reference kernels) to the O(h²) truncation, float64."""
+    trainers = []
+    for method in ("double_backward", "finite_difference"):
+        config = tiny_config(tmp_path / method, force_gradient=method, finite_difference_displacement=1e-4)
+        config.model.name, config.model.options = name, options
+        trainers.append(Trainer(config))
+    exact, approximate = trainers
+    backends = [getattr(t.model, "backend", None) or t.model.network.backend for t in trainers]
+    assert backends == ["reference", "fused"]
+    approximate.model.load_state_dict(exact.model.state_dict())
+    part = exact.train_set[:3]
+
+    def gradient(trainer):
+        loss = trainer.compute_gradients(part)
+        return loss, torch.cat([p.grad.reshape(-1) for p in trainer.parameters])
+
+    (loss, reference), (loss_fd, finite) = gradient(exact), gradient(approximate)
+    assert loss_fd == pytest.approx(loss, rel=1e-10)
+    assert float((finite - reference).norm() / reference.norm()) < 1e-5
+    exact.config.loss.forces_weight = 0.0  # the force term matters: without it the gradient is another one
+    _, energy_only = gradient(exact)
+    assert float((energy_only - reference).norm() / reference.norm()) > 1e-2
+
+
 def test_resume_continues_bitwise(tmp_path):
     def config(path, epochs):
         values = tiny_config(path, epochs=epochs)

@@ -96,6 +96,12 @@ class TrainingConfig:
     max_minutes: Optional[float] = None
     validate_every: int = 1
     plots: bool = True
+    #: how the force term of the loss reaches the parameters: ``double_backward`` (exact, through the models'
+    #: reference kernels) or ``finite_difference`` (a central difference of the energy along the force residual,
+    #: first derivatives only, so the model trains on its fused kernels)
+    force_gradient: str = "double_backward"
+    #: largest atom displacement (Å) of the finite difference
+    finite_difference_displacement: float = 1e-3
 
 
 @dataclass
@@ -194,6 +200,10 @@ def _check(config: TrainConfig) -> None:
         raise ValueError(f"training.ema_decay must be in [0, 1), got {t.ema_decay}")
     positive(t.clip_grad_norm, "training.clip_grad_norm", allow_none=True)
     positive(t.max_minutes, "training.max_minutes", allow_none=True)
+    if t.force_gradient not in ("double_backward", "finite_difference"):
+        raise ValueError(f"training.force_gradient must be double_backward or finite_difference, got "
+                         f"{t.force_gradient!r}")
+    positive(t.finite_difference_displacement, "training.finite_difference_displacement")
 
 
 def parse_config(values: Dict[str, Any], base_dir: str = ".") -> TrainConfig:

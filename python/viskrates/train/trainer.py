@@ -269,6 +269,10 @@ class Trainer:
     clock, read at the end of each epoch). ``model.initial_weights`` instead starts a new run from a checkpoint's
     EMA weights (a warm restart, or fine-tuning on other data).
 
+    The force term of the loss reaches the parameters by double backward through the model's reference kernels
+    (``training.force_gradient: double_backward``, exact) or by a central difference of first-order gradients on
+    its fused kernels (``finite_difference``, see :meth:`_finite_difference_objective`).
+
     Raises:
         ValueError: bad config or data (see :func:`~viskrates.train.config.parse_config`), a checkpoint from
             another config or data set, initial weights of another model.
@@ -291,7 +295,10 @@ class Trainer:
         torch.manual_seed(t.seed)
         random.seed(t.seed)
         np.random.seed(t.seed)
-        self.model = build_model(config.model.name, config.model.options, self.dtype)
+        # finite-difference force gradients need first derivatives only: the model trains on its fused kernels
+        self.finite_difference = t.force_gradient == "finite_difference"
+        self.model = build_model(config.model.name, config.model.options, self.dtype,
+                                 backend="fused" if self.finite_difference else "reference")
         if resume is None:
             if config.model.initial_weights is not None:
                 self._load_initial_weights(config.model.initial_weights)
@@ -416,9 +423,13 @@ class Trainer:
         if mine:
             batch = collate(mine, self.dtype)
             weights = self.config.loss.at_epoch(self.epoch)
-            pred = evaluate_batch(self.model, batch, weights.forces_weight > 0, create_graph=True)
-            loss = loss_terms(pred, batch, weights, counts)
-            loss.backward()
+            need_forces = weights.forces_weight > 0
+            if self.finite_difference and need_forces:
+                loss, objective = self._finite_difference_objective(batch, weights, counts)
+            else:
+                pred = evaluate_batch(self.model, batch, need_forces, create_graph=True)
+                loss = objective = loss_terms(pred, batch, weights, counts)
+            objective.backward()
             loss_value = loss.detach().double()
         for p in self.parameters:
             if p.grad is None:  # a parameter the loss does not reach (e.g. ViSNet's last edge update)
@@ -427,6 +438,46 @@ class Trainer:
             distributed.all_reduce_gradients(self.parameters)
             loss_value = distributed.all_reduce_sum(loss_value.reshape(1), self.world_size)[0]
         return float(loss_value)
+
+    def _finite_difference_objective(self, batch: Dict[str, Tensor], weights,
+                                     counts: Dict[str, float]) -> Tuple[Tensor, Tensor]:
+        """``(loss, objective)``: the loss of ``batch`` and a scalar whose parameter gradient is the loss's, from
+        first derivatives only (the model may run on kernels without double backward).
+
+        With the force residual ``r = F̂ − F`` (held fixed) and ``F̂ = −∇E``, the force term's gradient is
+
+        ``∂/∂θ [w_F/(3N)·Σ|F̂ − F|²] = −2w_F/(3N) · ∂/∂θ D_r E``,  ``D_r E = Σ_i r_i·∇_i E``,
+
+        and the directional derivative is a central difference ``D_r E ≈ (E(x + h·r) − E(x − h·r)) / (2h)``, h
+        such that the largest displacement ``h·max_i|r_i|`` is ``training.finite_difference_displacement``: the
+        Hessian-vector product that double backward forms is taken as a difference of two first-order parameter
+        gradients. The energy and dipole terms take their gradients at the mean of the two displaced
+        evaluations. Both approximations are O(h²).
+
+        Args:
+            batch: the collated shard; weights: loss weights of this epoch; counts: ``structures`` and ``atoms``
+                of the global batch.
+        """
+        # the residual needs the forces only: no parameter graph for this evaluation
+        for p in self.parameters:
+            p.requires_grad_(False)
+        try:
+            pred = evaluate_batch(self.model, batch, True, create_graph=False)
+        finally:
+            for p in self.parameters:
+                p.requires_grad_(True)
+        loss = loss_terms({k: v.detach() for k, v in pred.items()}, batch, weights, counts)
+        residual = pred["forces"].detach() - batch["forces"]
+        largest = float(torch.linalg.vector_norm(residual, dim=-1).max())
+        h = self.config.training.finite_difference_displacement / max(largest, 1.0e-12)
+        plus, minus = (self.model(batch["atomic_numbers"], batch["positions"] + sign * h * residual, None,
+                                  batch["batch"], batch["total_charge"]) for sign in (1.0, -1.0))
+        mean = {"energy": 0.5 * (plus["energy"] + minus["energy"]), "forces": pred["forces"].detach()}
+        if "dipole" in plus:
+            mean["dipole"] = 0.5 * (plus["dipole"] + minus["dipole"])
+        force_term = -(2.0 * weights.forces_weight / (3.0 * counts["atoms"])) * \
+            (plus["energy"].sum() - minus["energy"].sum()) / (2.0 * h)
+        return loss, loss_terms(mean, batch, weights, counts) + force_term
 
     def train_step(self, structures: Sequence[Structure]) -> float:
         """One optimisation step on a global batch (gradients, clipping, AdamW, EMA, schedule); returns the
