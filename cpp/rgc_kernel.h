@@ -4,7 +4,8 @@
 // For an edge e = (j → i) with vector v = R_j − R_i (+ shift), d = |v|, u = v/d:
 //   harmonics  Y_e = PyG ViSNet's real spherical harmonics of u, degrees 1..lmax (L = 3 or 8 components),
 //   cutoff     φ_e = ½(cos(πd/r_c) + 1) for d < r_c, else 0,
-//   radial     ρ_e[k] = φ_e · exp(−β_k (exp(−α d) − μ_k)²) (ExpNormal basis times the cutoff).
+//   radial     ρ_e[k] = φ_e · exp(−β_k (exp(−α d) − μ_k)²) (ExpNormal basis times the cutoff), 0 where that is
+//              subnormal (zero_subnormal; such entries also get zero gradient).
 // Self-loops (i = j) have Y = 0, φ = 1 and ρ[k] = exp(−β_k (1 − μ_k)²), independent of v (zero gradient).
 // Everything is linear in the number of edges: the per-atom inner products of the angle term and the
 // vector rejections of the dihedral term are evaluated inside the vismp_* kernels, from these Y.
@@ -87,7 +88,7 @@ VISKRATES_HD void geometry_edge(const Geometry<T>& p, int64_t e, T* harmonics, T
   T* rho = radial + e * p.K;
   for (int64_t k = 0; k < p.K; ++k) {
     const T s = q - p.means[k];
-    rho[k] = phi * math::exp(-p.betas[k] * s * s);
+    rho[k] = zero_subnormal(phi * math::exp(-p.betas[k] * s * s));
   }
 }
 
@@ -124,6 +125,7 @@ VISKRATES_HD void geometry_edge_backward(const Geometry<T>& p, int64_t e, const 
     for (int64_t k = 0; k < p.K; ++k) {
       const T s = q - p.means[k];
       const T b = math::exp(-p.betas[k] * s * s);
+      if (zero_subnormal(phi * b) == T(0)) continue;  // ρ_k was set to 0
       // dρ_k/dd = φ'·b_k + φ·b_k·2αβ_k·s_k·exp(−αd)
       sum += g[k] * b * (dphi + phi * T(2) * p.alpha * p.betas[k] * s * q);
     }
@@ -141,7 +143,8 @@ VISKRATES_HD void geometry_edge_basis_grad(const Geometry<T>& p, int64_t e, int6
   T d, u[3], phi, dphi;
   edge_frame(p, e, &d, u, &phi, &dphi);
   const T s = math::exp(-p.alpha * d) - p.means[k];
-  const T grho_b = grho[e * p.K + k] * phi * math::exp(-p.betas[k] * s * s);
+  const T rho = zero_subnormal(phi * math::exp(-p.betas[k] * s * s));
+  const T grho_b = grho[e * p.K + k] * rho;
   *gmean += grho_b * T(2) * p.betas[k] * s;
   *gbeta -= grho_b * s * s;
 }

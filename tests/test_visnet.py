@@ -237,14 +237,16 @@ def test_vector_cutoff_is_off_by_default_and_pyg_defaults():
     assert math.isclose(float(net.radial.betas[0]), (2 / 32 * (1 - math.exp(-5.0))) ** -2, rel_tol=1e-6)
 
 
-def test_reference_radial_features_have_no_float32_subnormals():
-    """The radial features entering the first linear layer (φ·ExpNormal basis) on the reference path, which
-    training runs, have no subnormal float32 entries (they slowed its weight-gradient products several-fold);
-    the others equal the float64 features of the same float32 distances to float32 rounding."""
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_radial_features_have_no_float32_subnormals(backend):
+    """The radial features entering the first linear layer (φ·ExpNormal basis) have no subnormal float32 entries
+    on either path (they slowed the weight-gradient products of training several-fold); the others equal the
+    float64 features of the same float32 distances to float32 rounding."""
     from viskrates.nn.cutoff import cosine_cutoff
     from viskrates.ops import neighbor_list
 
-    net = _model("B", torch.float32)
+    net = load_pyg_visnet(os.path.join(DATA, "weights_B.pt"), os.path.join(DATA, "config_B.json"),
+                          backend=backend).float()
     captured = []
     handle = net.radial_proj.register_forward_hook(lambda module, args, out: captured.append(args[0].detach()))
     z, pos, _ = inputs(reference("B", "chignolin"), torch.float32)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .nn.attention import euclidean_attention as _reference_attention
+from .nn.radial import zero_subnormals
 from .nn.spherical_harmonics import component_degrees
 
 
@@ -412,7 +413,8 @@ def rgc_geometry_reference(edge_vectors: Tensor, receivers: Tensor, senders: Ten
       for lmax 1 Y is the direction unit u, for lmax 2 its first three columns are;
     * the cosine cutoff ``φ = ½(cos(πd/cutoff) + 1)`` for d < cutoff, else 0 (:func:`viskrates.nn.cosine_cutoff`);
     * the radial features ``ρ[k] = φ·exp(−β_k (exp(−α·d) − μ_k)²)`` (ExpNormal basis times φ,
-      :class:`viskrates.nn.ExpNormalSmearing`; ViSNet uses α = 5/cutoff).
+      :class:`viskrates.nn.ExpNormalSmearing`; ViSNet uses α = 5/cutoff), 0 where that is subnormal
+      (:func:`viskrates.nn.radial.zero_subnormals`: subnormal operands slow the next layer's products).
 
     Self-loops (``receivers == senders``) have ``d = 0``: Y = 0, φ = 1, ρ[k] = exp(−β_k (1 − μ_k)²), and do
     not depend on their vector (zero gradient). The angle and dihedral terms need no further per-edge
@@ -447,7 +449,7 @@ def rgc_geometry_reference(edge_vectors: Tensor, receivers: Tensor, senders: Ten
     phi = 0.5 * (torch.cos(distances * (torch.pi / cutoff)) + 1.0)
     phi = torch.where(distances < cutoff, phi, torch.zeros_like(phi))
     shifted = torch.exp(-alpha * distances).unsqueeze(-1) - means
-    radial = torch.exp(-betas * shifted * shifted) * phi.unsqueeze(-1)
+    radial = zero_subnormals(torch.exp(-betas * shifted * shifted) * phi.unsqueeze(-1))
     return harmonics, phi, radial
 
 

@@ -277,8 +277,7 @@ class ViSNet(nn.Module):
             distances, units = edge_directions(edge_vectors, receivers, senders)
             harmonics = spherical_harmonics(units, self.lmax)
             phi = cosine_cutoff(distances, self.cutoff)
-            # training runs this path, where the subnormal tail of the features slowed the weight-gradient
-            # products; inference computes no weight gradients, so the fused kernel keeps plain arithmetic
+            # as rgc_geometry: the subnormal tail of the features slowed the weight-gradient products
             rbf = zero_subnormals(self.radial(distances) * phi.unsqueeze(-1))
         neighbor_filter, edge_filter = self.radial_proj(rbf).split(c, dim=-1)
         neighbor_weight = torch.where(receivers == senders, torch.zeros_like(phi), phi)
