@@ -2,6 +2,7 @@
 gradient clipping, early stopping, resumable checkpoints, metrics CSV and plots; data parallel over
 ``torch.distributed`` (gloo) processes."""
 import csv
+import dataclasses
 import math
 import os
 import random
@@ -34,8 +35,9 @@ def build_model(name: str, options: Dict, dtype: torch.dtype, backend: str = "re
     from ..models import SO3LR, SO3kratesPotential, ViSNet
 
     if "backend" in options:
-        raise ValueError("model.options must not choose a backend: training needs the 'reference' kernels (the "
-                         "fused ones have no double backward); the exported model runs on the fused kernels")
+        raise ValueError("model.options must not choose a backend: training.force_gradient does (double_backward: "
+                         "the reference kernels, finite_difference: the fused ones); export chooses the backend of "
+                         "the exported model")
     constructors = {"visnet": ViSNet, "so3krates": SO3kratesPotential, "so3lr": SO3LR}
     if name not in constructors:
         raise ValueError(f"unknown model {name!r}; known: visnet, so3krates, so3lr")
@@ -122,12 +124,17 @@ class ExponentialMovingAverage:
 
 # ---- loss and metrics --------------------------------------------------------------------------------------
 
+def model_outputs(model: nn.Module, batch: Dict[str, Tensor], positions: Tensor) -> Dict[str, Tensor]:
+    """The model's output dict for a collated batch (open boundaries) at ``positions`` [N, 3] Å."""
+    return model(batch["atomic_numbers"], positions, None, batch["batch"], batch["total_charge"])
+
+
 def evaluate_batch(model: nn.Module, batch: Dict[str, Tensor], need_forces: bool,
                    create_graph: bool) -> Dict[str, Tensor]:
     """Model outputs for a collated batch: ``energy`` [B], ``forces`` [N, 3] (if asked) and ``dipole`` [B, 3]
     (if the model gives one)."""
     positions = batch["positions"].clone().requires_grad_(need_forces)
-    out = model(batch["atomic_numbers"], positions, None, batch["batch"], batch["total_charge"])
+    out = model_outputs(model, batch, positions)
     result = {"energy": out["energy"]}
     if need_forces:
         grad, = torch.autograd.grad(out["energy"].sum(), positions, create_graph=create_graph)
@@ -296,9 +303,8 @@ class Trainer:
         random.seed(t.seed)
         np.random.seed(t.seed)
         # finite-difference force gradients need first derivatives only: the model trains on its fused kernels
-        self.finite_difference = t.force_gradient == "finite_difference"
         self.model = build_model(config.model.name, config.model.options, self.dtype,
-                                 backend="fused" if self.finite_difference else "reference")
+                                 backend="fused" if t.force_gradient == "finite_difference" else "reference")
         if resume is None:
             if config.model.initial_weights is not None:
                 self._load_initial_weights(config.model.initial_weights)
@@ -392,8 +398,7 @@ class Trainer:
         with torch.no_grad():
             for part in batches(structures, self.config.training.validation_batch_size, False, 0, 0):
                 b = collate(part, self.dtype)
-                out.append(self.model(b["atomic_numbers"], b["positions"], None, b["batch"],
-                                      b["total_charge"])["energy"].double().numpy())
+                out.append(model_outputs(self.model, b, b["positions"])["energy"].double().numpy())
         return np.concatenate(out)
 
     def elapsed_minutes(self) -> float:
@@ -424,7 +429,7 @@ class Trainer:
             batch = collate(mine, self.dtype)
             weights = self.config.loss.at_epoch(self.epoch)
             need_forces = weights.forces_weight > 0
-            if self.finite_difference and need_forces:
+            if need_forces and self.config.training.force_gradient == "finite_difference":
                 loss, objective = self._finite_difference_objective(batch, weights, counts)
             else:
                 pred = evaluate_batch(self.model, batch, need_forces, create_graph=True)
@@ -470,14 +475,13 @@ class Trainer:
         residual = pred["forces"].detach() - batch["forces"]
         largest = float(torch.linalg.vector_norm(residual, dim=-1).max())
         h = self.config.training.finite_difference_displacement / max(largest, 1.0e-12)
-        plus, minus = (self.model(batch["atomic_numbers"], batch["positions"] + sign * h * residual, None,
-                                  batch["batch"], batch["total_charge"]) for sign in (1.0, -1.0))
-        mean = {"energy": 0.5 * (plus["energy"] + minus["energy"]), "forces": pred["forces"].detach()}
-        if "dipole" in plus:
-            mean["dipole"] = 0.5 * (plus["dipole"] + minus["dipole"])
+        plus, minus = (model_outputs(self.model, batch, batch["positions"] + sign * h * residual)
+                       for sign in (1.0, -1.0))
+        mean = {key: 0.5 * (plus[key] + minus[key]) for key in ("energy", "dipole") if key in plus}
         force_term = -(2.0 * weights.forces_weight / (3.0 * counts["atoms"])) * \
             (plus["energy"].sum() - minus["energy"].sum()) / (2.0 * h)
-        return loss, loss_terms(mean, batch, weights, counts) + force_term
+        other_terms = loss_terms(mean, batch, dataclasses.replace(weights, forces_weight=0.0), counts)
+        return loss, other_terms + force_term
 
     def train_step(self, structures: Sequence[Structure]) -> float:
         """One optimisation step on a global batch (gradients, clipping, AdamW, EMA, schedule); returns the
