@@ -250,6 +250,9 @@ NeighborListResult empty_neighbor_list(const at::Tensor& positions) {
 
 namespace {
 
+// Receivers per block of the CPU search (the unit of its edge buffers).
+constexpr int64_t kReceiverBlock = 64;
+
 template <typename scalar_t>
 struct Edge {
   int64_t sender;
@@ -311,16 +314,34 @@ NeighborListResult neighbor_list_cpu_impl(const NeighborListSetup& s, bool self_
   d.periodic = s.periodic;
   d.self_loops = self_loops;
 
+  // One traversal: every block of receivers collects its edges, each receiver's sorted by sender, into a buffer
+  // of its own; the row offsets follow from the counts and the buffers are then copied into the outputs. (A
+  // counting traversal before a filling one cost most of the search twice.)
+  const int64_t num_blocks = (n + kReceiverBlock - 1) / kReceiverBlock;
+  std::vector<std::vector<Edge<scalar_t>>> block_edges(num_blocks);
   const auto index_options = s.positions.options().dtype(at::kLong);
   at::Tensor row_ptr = at::empty({n + 1}, index_options);
   int64_t* rp = row_ptr.data_ptr<int64_t>();
   rp[0] = 0;
-  at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      int64_t count = 0;
-      auto counter = [&](int64_t, const int*, const scalar_t*) { ++count; };
-      nl::for_each_neighbor(d, i, counter);
-      rp[i + 1] = count;
+  at::parallel_for(0, num_blocks, 1, [&](int64_t block_begin, int64_t block_end) {
+    std::vector<Edge<scalar_t>> found;
+    std::vector<uint64_t> order;
+    for (int64_t block = block_begin; block < block_end; ++block) {
+      std::vector<Edge<scalar_t>>& edges = block_edges[block];
+      for (int64_t i = block * kReceiverBlock; i < std::min(n, (block + 1) * kReceiverBlock); ++i) {
+        found.clear();
+        auto collect = [&](int64_t j, const int* shift, const scalar_t* v) {
+          found.push_back({j, {shift[0], shift[1], shift[2]}, {v[0], v[1], v[2]}});
+        };
+        nl::for_each_neighbor(d, i, collect);
+        // canonical order (a sender occurs at most once per receiver): sorting 8-byte keys (sender, position)
+        // instead of the edges themselves
+        order.resize(found.size());
+        for (size_t k = 0; k < found.size(); ++k) order[k] = (static_cast<uint64_t>(found[k].sender) << 32) | k;
+        std::sort(order.begin(), order.end());
+        for (const uint64_t key : order) edges.push_back(found[key & 0xffffffffu]);
+        rp[i + 1] = static_cast<int64_t>(found.size());
+      }
     }
   });
   for (int64_t i = 0; i < n; ++i) rp[i + 1] += rp[i];
@@ -334,25 +355,25 @@ NeighborListResult neighbor_list_cpu_impl(const NeighborListSetup& s, bool self_
   int64_t* snd = senders.data_ptr<int64_t>();
   scalar_t* sh = shifts.data_ptr<scalar_t>();
   scalar_t* vec = vectors.data_ptr<scalar_t>();
-  at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
-    std::vector<Edge<scalar_t>> edges;
-    for (int64_t i = begin; i < end; ++i) {
-      edges.clear();
-      auto collect = [&](int64_t j, const int* shift, const scalar_t* v) {
-        edges.push_back({j, {shift[0], shift[1], shift[2]}, {v[0], v[1], v[2]}});
-      };
-      nl::for_each_neighbor(d, i, collect);
-      // canonical order; a sender occurs at most once per receiver, so the shift never breaks ties
-      std::sort(edges.begin(), edges.end(), [](const Edge<scalar_t>& a, const Edge<scalar_t>& b) { return a.sender < b.sender; });
+  at::parallel_for(0, num_blocks, 1, [&](int64_t block_begin, int64_t block_end) {
+    for (int64_t block = block_begin; block < block_end; ++block) {
+      const int64_t first_receiver = block * kReceiverBlock;
+      const std::vector<Edge<scalar_t>>& edges = block_edges[block];
+      int64_t e = rp[first_receiver];
+      for (int64_t i = first_receiver; i < std::min(n, first_receiver + kReceiverBlock); ++i) {
+        for (; e < rp[i + 1]; ++e) rec[e] = i;
+      }
+      const int64_t offset = rp[first_receiver];
       for (size_t k = 0; k < edges.size(); ++k) {
-        const int64_t e = rp[i] + static_cast<int64_t>(k);
-        rec[e] = i;
-        snd[e] = edges[k].sender;
+        const int64_t out = offset + static_cast<int64_t>(k);
+        snd[out] = edges[k].sender;
         for (int c = 0; c < 3; ++c) {
-          sh[3 * e + c] = static_cast<scalar_t>(edges[k].shift[c]);
-          vec[3 * e + c] = edges[k].vec[c];
+          sh[3 * out + c] = static_cast<scalar_t>(edges[k].shift[c]);
+          vec[3 * out + c] = edges[k].vec[c];
         }
       }
+      // release the block's buffer now: the buffers and the outputs together are the op's peak memory
+      std::vector<Edge<scalar_t>>().swap(block_edges[block]);
     }
   });
   return {row_ptr, receivers, senders, shifts, vectors};
