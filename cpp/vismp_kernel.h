@@ -149,7 +149,8 @@ VISKRATES_HD void vector_message_edge_backward_sender(const VectorMessage<T>& p,
 
 // ---- dihedral term: r_e[c] = Σ_m t_i[m,c]·s_j[m,c] − (t_i·Y)(s_j·Y)(2 − Y·Y) ---------------------------------
 // (the channel-wise inner product of the vector rejections of t_i = W_trg v̂_i and s_j = W_src v̂_j from Y_e,
-// expanded as in viskrates.nn.vismp.rejection_inner_product)
+// expanded as in viskrates.nn.vismp.rejection_inner_product). For lmax = 2 (L = 8) Y·Y = 2 for every edge, so
+// the correction vanishes identically and only t·s is evaluated, as the reference does.
 
 template <typename T>
 struct Dihedral {
@@ -158,6 +159,11 @@ struct Dihedral {
   const T* harmonics;  // [E, L] Y
   int64_t L, C;
 };
+
+template <typename T>
+VISKRATES_HD bool dihedral_has_rejection(const Dihedral<T>& p) {
+  return p.L < kMaxComponents;
+}
 
 template <typename T>
 VISKRATES_HD T dihedral_excess(const Dihedral<T>& p, int64_t e) {
@@ -182,16 +188,21 @@ VISKRATES_HD void dihedral_projections(const Dihedral<T>& p, const T* y, const T
 // out[e * C + c0 + w] = r_e[c0 + w].
 template <int W, typename T>
 VISKRATES_HD void dihedral_edge(const Dihedral<T>& p, int64_t e, int64_t i, int64_t j, int64_t c0, T* out) {
-  const T* y = p.harmonics + e * p.L;
-  const T excess = dihedral_excess(p, e);
   const T* t = p.target + i * p.L * p.C + c0;
   const T* s = p.source + j * p.L * p.C + c0;
-  T ts[W], ty[W], sy[W];
-  dihedral_projections<W>(p, y, t, s, ty, sy);
+  T ts[W];
   for (int w = 0; w < W; ++w) ts[w] = T(0);
   for (int64_t m = 0; m < p.L; ++m) {
     for (int w = 0; w < W; ++w) ts[w] += t[m * p.C + w] * s[m * p.C + w];
   }
+  if (!dihedral_has_rejection(p)) {
+    for (int w = 0; w < W; ++w) out[e * p.C + c0 + w] = ts[w];
+    return;
+  }
+  const T* y = p.harmonics + e * p.L;
+  const T excess = dihedral_excess(p, e);
+  T ty[W], sy[W];
+  dihedral_projections<W>(p, y, t, s, ty, sy);
   for (int w = 0; w < W; ++w) out[e * p.C + c0 + w] = ts[w] - ty[w] * sy[w] * excess;
 }
 
@@ -200,11 +211,19 @@ VISKRATES_HD void dihedral_edge(const Dihedral<T>& p, int64_t e, int64_t i, int6
 template <int W, typename T>
 VISKRATES_HD void dihedral_edge_backward(const Dihedral<T>& p, const T* g, int64_t e, int64_t i, int64_t j, int64_t c0,
                                          T* VISKRATES_RESTRICT acc, int64_t ld, T* VISKRATES_RESTRICT gy) {
-  const T* y = p.harmonics + e * p.L;
-  const T excess = dihedral_excess(p, e);
   const T* t = p.target + i * p.L * p.C + c0;
   const T* s = p.source + j * p.L * p.C + c0;
   const T* gc = g + e * p.C + c0;
+  if (!dihedral_has_rejection(p)) {
+    for (int64_t m = 0; m < p.L; ++m) {
+      T* a = acc + m * ld;
+      const T* sm = s + m * p.C;
+      for (int w = 0; w < W; ++w) a[w] += gc[w] * sm[w];
+    }
+    return;
+  }
+  const T* y = p.harmonics + e * p.L;
+  const T excess = dihedral_excess(p, e);
   T ty[W], sy[W], gsy[W], gty[W];
   dihedral_projections<W>(p, y, t, s, ty, sy);
   T ab = T(0);  // Σ_c g·(t·Y)(s·Y), for the Y dependence of the excess 2 − Y·Y
@@ -231,10 +250,17 @@ VISKRATES_HD void dihedral_edge_backward(const Dihedral<T>& p, const T* g, int64
 template <int W, typename T>
 VISKRATES_HD void dihedral_edge_backward_sender(const Dihedral<T>& p, const T* g, int64_t e, int64_t i, int64_t c0,
                                                 T* VISKRATES_RESTRICT acc, int64_t ld) {
-  const T* y = p.harmonics + e * p.L;
-  const T excess = dihedral_excess(p, e);
   const T* t = p.target + i * p.L * p.C + c0;
   const T* gc = g + e * p.C + c0;
+  if (!dihedral_has_rejection(p)) {
+    for (int64_t m = 0; m < p.L; ++m) {
+      T* a = acc + m * ld;
+      for (int w = 0; w < W; ++w) a[w] += gc[w] * t[m * p.C + w];
+    }
+    return;
+  }
+  const T* y = p.harmonics + e * p.L;
+  const T excess = dihedral_excess(p, e);
   T gty[W];
   for (int w = 0; w < W; ++w) gty[w] = T(0);
   for (int64_t m = 0; m < p.L; ++m) {

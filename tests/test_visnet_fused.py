@@ -52,8 +52,9 @@ def compare(fused, reference, inputs):
     torch.testing.assert_close(out_f, out_r, rtol=1e-12, atol=1e-12)
     upstream = torch.randn(out_r.shape, generator=torch.Generator().manual_seed(7), dtype=F64)
     used = [x for x in inputs if x is not None]
-    grads_f = torch.autograd.grad(out_f, used, upstream)
-    grads_r = torch.autograd.grad(out_r, used, upstream)
+    # an input a function does not depend on (the harmonics of the lmax-2 dihedral term) has gradient 0
+    grads_f = torch.autograd.grad(out_f, used, upstream, materialize_grads=True)
+    grads_r = torch.autograd.grad(out_r, used, upstream, materialize_grads=True)
     for gf, gr in zip(grads_f, grads_r):
         torch.testing.assert_close(gf, gr, rtol=1e-12, atol=1e-12)
 
@@ -115,6 +116,25 @@ def test_dihedral_of_unit_harmonics_is_rejection_product():
     torch.testing.assert_close(ops.vismp_dihedral(*graph, t, s, y), (w1 * w2).sum(1), rtol=1e-12, atol=1e-12)
 
 
+def test_dihedral_lmax2_equals_full_expansion():
+    """For lmax 2 the op evaluates t·s only; with real harmonics (Y·Y = 2, Y = 0 on self-loops) that is the full
+    expansion t·s − (t·Y)(s·Y)(2 − Y·Y), forward and gradients."""
+    from viskrates.nn.vismp import spherical_harmonics
+
+    graph = random_graph(7, seed=5)
+    n, e = 7, graph[1].shape[0]
+    units = torch.nn.functional.normalize(leaf(e, 3, seed=3).detach(), dim=1)
+    units[graph[1] == graph[2]] = 0.0
+    y = spherical_harmonics(units, 2)
+    t, s = leaf(n, 8, 4, seed=1), leaf(n, 8, 4, seed=2)
+
+    def full(t, s):
+        ti, sj, ye = t[graph[1]], s[graph[2]], y.unsqueeze(-1)
+        return (ti * sj).sum(1) - (ti * ye).sum(1) * (sj * ye).sum(1) * (2.0 - (y * y).sum(1, keepdim=True))
+
+    compare(lambda t, s: ops.vismp_dihedral(*graph, t, s, y), full, (t, s))
+
+
 def test_gradcheck():
     graph = random_graph(5, seed=11)
     n, e = 5, graph[1].shape[0]
@@ -122,8 +142,9 @@ def test_gradcheck():
     assert torch.autograd.gradcheck(lambda *x: ops.vismp_vector_message(*graph, *x), args)
     args = (leaf(e, 3, seed=3), leaf(e, 3, seed=4))
     assert torch.autograd.gradcheck(lambda *x: ops.vismp_vector_message(*graph, None, *x, None), args)
-    args = (leaf(n, 8, 3, seed=6), leaf(n, 8, 3, seed=7), leaf(e, 8, seed=8))
-    assert torch.autograd.gradcheck(lambda *x: ops.vismp_dihedral(*graph, *x), args)
+    for components in (3, 8):
+        args = (leaf(n, components, 3, seed=6), leaf(n, components, 3, seed=7), leaf(e, components, seed=8))
+        assert torch.autograd.gradcheck(lambda *x: ops.vismp_dihedral(*graph, *x), args)
     args = (leaf(n, 4, seed=9), leaf(n, 4, seed=10), leaf(n, 4, seed=11), leaf(e, 8, seed=12), leaf(e, seed=14))
     assert torch.autograd.gradcheck(lambda *x: ops.vismp_attention(*graph, *x, 2), args)
 

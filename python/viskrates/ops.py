@@ -220,7 +220,8 @@ def vismp_dihedral_reference(row_ptr: Tensor, receivers: Tensor, senders: Tensor
                              col_edges: Tensor, target: Tensor, source: Tensor, harmonics: Tensor) -> Tensor:
     """ViS-MP dihedral term per edge: ``r_e[c] = Σ_m t_i[m,c]·s_j[m,c] − (t_i·Y_e)[c]·(s_j·Y_e)[c]·(2 − Y_e·Y_e)``,
     the channel-wise inner product of the rejections of ``t_i`` and ``s_j`` from Y_e as PyG computes it
-    (see :func:`viskrates.nn.vismp.rejection_inner_product`; README "Equations" §3, "Edge update").
+    (see :func:`viskrates.nn.vismp.rejection_inner_product`; README "Equations" §3, "Edge update"). For L = 8
+    (lmax 2) only ``Σ_m t_i[m,c]·s_j[m,c]`` is evaluated: these harmonics have Y·Y = 2, so the correction vanishes.
 
     Args:
         row_ptr, receivers, senders, col_ptr, col_edges: graph, see :func:`vismp_graph` (receivers and
@@ -232,11 +233,9 @@ def vismp_dihedral_reference(row_ptr: Tensor, receivers: Tensor, senders: Tensor
     Returns:
         [E, C], dtype of ``target``.
     """
-    t = target.index_select(0, receivers)
-    s = source.index_select(0, senders)
-    y = harmonics.unsqueeze(-1)
-    excess = 2.0 - (harmonics * harmonics).sum(1, keepdim=True)
-    return (t * s).sum(1) - (t * y).sum(1) * (s * y).sum(1) * excess
+    from .nn.vismp import rejection_inner_product  # nn.vismp builds on this module
+
+    return rejection_inner_product(target.index_select(0, receivers), source.index_select(0, senders), harmonics)
 
 
 def vismp_dihedral(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr: Tensor, col_edges: Tensor,
