@@ -334,8 +334,8 @@ NeighborListResult neighbor_list_cpu_impl(const NeighborListSetup& s, bool self_
           found.push_back({j, {shift[0], shift[1], shift[2]}, {v[0], v[1], v[2]}});
         };
         nl::for_each_neighbor(d, i, collect);
-        // canonical order (a sender occurs at most once per receiver): sorting 8-byte keys (sender, position)
-        // instead of the edges themselves
+        // canonical order (a sender occurs at most once per receiver): sorting 8-byte keys (sender, position;
+        // atom indices and a receiver's edge count are below 2^32) instead of the edges themselves
         order.resize(found.size());
         for (size_t k = 0; k < found.size(); ++k) order[k] = (static_cast<uint64_t>(found[k].sender) << 32) | k;
         std::sort(order.begin(), order.end());
