@@ -161,7 +161,8 @@ def test_example_configs_are_valid():
                         ("train_visnet_rmd17_warm2.yaml", "train_visnet_rmd17_warm.yaml"),
                         ("train_visnet_rmd17_ethanol_warm.yaml", "train_visnet_rmd17_ethanol.yaml"),
                         ("train_visnet_rmd17_ethanol_warm2.yaml", "train_visnet_rmd17_ethanol_warm.yaml"),
-                        ("train_visnet_rmd17_ethanol_warm3.yaml", "train_visnet_rmd17_ethanol_warm2.yaml")):
+                        ("train_visnet_rmd17_ethanol_warm3.yaml", "train_visnet_rmd17_ethanol_warm2.yaml"),
+                        ("train_visnet_rmd17_ethanol_warm4.yaml", "train_visnet_rmd17_ethanol_warm3.yaml")):
         warm, cold = (load_config(os.path.join(root, "examples", n)) for n in (name, first))
         # a warm restart continues the previous stage's model on its data, from that run's best checkpoint
         assert (warm.model.name, warm.model.options, warm.data.train.path) == \
