@@ -1,6 +1,6 @@
 // viskrates::long_range_energy (SO3LR's Coulomb and vdW-QDO pair energies per atom): schema, input checks and
 // the CPU launcher (at::parallel_for over receivers; each output element has one writer and every sum runs
-// over one receiver's edges in list order, so results do not depend on the number of threads). Kernel body:
+// over one receiver's edges in a fixed order, so results do not depend on the number of threads). Kernel body:
 // cpp/long_range_kernel.h. Contract and pure-PyTorch reference: python/viskrates/ops.py
 // (long_range_energy_reference).
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
@@ -12,7 +12,10 @@
 #include <ATen/ops/sum.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
+
+#include "simd_math.h"
 
 namespace viskrates {
 
@@ -126,6 +129,143 @@ namespace {
 
 // Receivers per task: each has hundreds of long-range edges.
 constexpr int64_t kGrain = 8;
+// Edges per block of the vectorised loops: the in-range edges of a block are gathered into arrays on the stack,
+// then one `omp simd` loop evaluates their pair terms (erf, exp and pow from glibc's libmvec, see simd_math.h).
+constexpr int kBlock = 64;
+
+// Forward of receivers begin .. end-1 (lr::long_range_atom with its edge loop split into gather and pair blocks).
+template <typename T>
+VISKRATES_CPU_INLINE void forward_atoms(const lr::Params<T>& p, T* coulomb_energies, T* dispersion_energies,
+                                        int64_t begin, int64_t end) {
+  T d[kBlock], q[kBlock], alpha[kBlock], c6[kBlock];
+  for (int64_t i = begin; i < end; ++i) {
+    T coulomb = T(0), dispersion = T(0);
+    const T alpha_i = p.polarizabilities[i], c6_i = p.c6[i];
+    for (int64_t first = p.row_ptr[i]; first < p.row_ptr[i + 1]; first += kBlock) {
+      const int64_t last = std::min<int64_t>(first + kBlock, p.row_ptr[i + 1]);
+      int n = 0;
+      for (int64_t e = first; e < last; ++e) {
+        const int64_t j = p.senders[e];
+        if (j <= i) continue;
+        T v[3];
+        const T dist = lr::edge_vector(p, i, j, e, v);
+        if (!(dist < p.cutoff)) continue;
+        d[n] = dist;
+        q[n] = p.charges[j];
+        alpha[n] = p.polarizabilities[j];
+        c6[n] = p.c6[j];
+        ++n;
+      }
+#pragma omp simd reduction(+ : coulomb, dispersion)
+      for (int t = 0; t < n; ++t) {
+        T k;
+        dispersion += lr::pair_energy(p, d[t], alpha_i, alpha[t], c6_i, c6[t], &k);
+        coulomb += q[t] * k;
+      }
+    }
+    coulomb_energies[i] = p.coulomb_constant * p.charges[i] * coulomb;
+    dispersion_energies[i] = dispersion;
+  }
+}
+
+// Backward of receivers begin .. end-1 (lr::long_range_atom_backward, blocked as forward_atoms).
+template <typename T>
+VISKRATES_CPU_INLINE void backward_atoms(const lr::Params<T>& p, const lr::Gradients<T>& g, int64_t begin,
+                                         int64_t end) {
+  T d[kBlock], q[kBlock], alpha[kBlock], c6[kBlock], w_coulomb[kBlock], w_dispersion[kBlock];
+  T vx[kBlock], vy[kBlock], vz[kBlock], gd_over_d[kBlock];
+  int64_t owned[kBlock];  // the edge, for the pairs receiver i owns (j > i), else -1
+  for (int64_t i = begin; i < end; ++i) {
+    T gq = T(0), galpha = T(0), gc6 = T(0), grx = T(0), gry = T(0), grz = T(0);
+    T gbox[9] = {T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0)};
+    const T q_i = p.charges[i], alpha_i = p.polarizabilities[i], c6_i = p.c6[i];
+    for (int64_t first = p.row_ptr[i]; first < p.row_ptr[i + 1]; first += kBlock) {
+      const int64_t last = std::min<int64_t>(first + kBlock, p.row_ptr[i + 1]);
+      int n = 0;
+      for (int64_t e = first; e < last; ++e) {
+        const int64_t j = p.senders[e];
+        if (j == i) continue;
+        T v[3];
+        const T dist = lr::edge_vector(p, i, j, e, v);
+        if (!(dist < p.cutoff)) continue;
+        const int64_t owner = j > i ? i : j;
+        d[n] = dist;
+        q[n] = p.charges[j];
+        alpha[n] = p.polarizabilities[j];
+        c6[n] = p.c6[j];
+        w_coulomb[n] = g.coulomb[owner] * p.coulomb_constant;
+        w_dispersion[n] = g.dispersion[owner];
+        vx[n] = v[0];
+        vy[n] = v[1];
+        vz[n] = v[2];
+        owned[n] = j > i ? e : -1;
+        ++n;
+      }
+#pragma omp simd reduction(+ : gq, galpha, gc6, grx, gry, grz)
+      for (int t = 0; t < n; ++t) {
+        T gq_e, galpha_e, gc6_e, gd;
+        lr::pair_backward(p, d[t], q_i, q[t], alpha_i, alpha[t], c6_i, c6[t], w_coulomb[t], w_dispersion[t], &gq_e,
+                          &galpha_e, &gc6_e, &gd);
+        gq += gq_e;
+        galpha += galpha_e;
+        gc6 += gc6_e;
+        // d depends on R_i through v = R_j − R_i + shift·box
+        grx -= gd * vx[t];
+        gry -= gd * vy[t];
+        grz -= gd * vz[t];
+        gd_over_d[t] = gd;
+      }
+      if (g.box_partials != nullptr) {
+        for (int t = 0; t < n; ++t) {
+          if (owned[t] < 0) continue;
+          const T* s = p.shifts + 3 * owned[t];
+          const T v[3] = {vx[t], vy[t], vz[t]};
+          for (int a = 0; a < 3; ++a)
+            for (int b = 0; b < 3; ++b) gbox[3 * a + b] += s[a] * gd_over_d[t] * v[b];
+        }
+      }
+    }
+    g.positions[3 * i] = grx;
+    g.positions[3 * i + 1] = gry;
+    g.positions[3 * i + 2] = grz;
+    g.charges[i] = gq;
+    g.polarizabilities[i] = galpha;
+    g.c6[i] = gc6;
+    if (g.box_partials != nullptr) {
+      for (int a = 0; a < 9; ++a) g.box_partials[9 * i + a] = gbox[a];
+    }
+  }
+}
+
+// One compiled copy per instruction set, chosen at load time (simd_math.h): the pair loops run 4, 8 or 16 wide.
+VISKRATES_CPU_CLONES void forward_atoms_float(const lr::Params<float>& p, float* ec, float* ed, int64_t begin,
+                                              int64_t end) {
+  forward_atoms(p, ec, ed, begin, end);
+}
+VISKRATES_CPU_CLONES void forward_atoms_double(const lr::Params<double>& p, double* ec, double* ed, int64_t begin,
+                                               int64_t end) {
+  forward_atoms(p, ec, ed, begin, end);
+}
+VISKRATES_CPU_CLONES void backward_atoms_float(const lr::Params<float>& p, const lr::Gradients<float>& g,
+                                               int64_t begin, int64_t end) {
+  backward_atoms(p, g, begin, end);
+}
+VISKRATES_CPU_CLONES void backward_atoms_double(const lr::Params<double>& p, const lr::Gradients<double>& g,
+                                                int64_t begin, int64_t end) {
+  backward_atoms(p, g, begin, end);
+}
+void forward_range(const lr::Params<float>& p, float* ec, float* ed, int64_t begin, int64_t end) {
+  forward_atoms_float(p, ec, ed, begin, end);
+}
+void forward_range(const lr::Params<double>& p, double* ec, double* ed, int64_t begin, int64_t end) {
+  forward_atoms_double(p, ec, ed, begin, end);
+}
+void backward_range(const lr::Params<float>& p, const lr::Gradients<float>& g, int64_t begin, int64_t end) {
+  backward_atoms_float(p, g, begin, end);
+}
+void backward_range(const lr::Params<double>& p, const lr::Gradients<double>& g, int64_t begin, int64_t end) {
+  backward_atoms_double(p, g, begin, end);
+}
 
 LongRangeOutputs long_range_cpu(const at::Tensor& positions, const std::optional<at::Tensor>& box,
                                 const at::Tensor& row_ptr, const at::Tensor& senders, const at::Tensor& shifts,
@@ -141,9 +281,8 @@ LongRangeOutputs long_range_cpu(const at::Tensor& positions, const std::optional
     const lr::Params<scalar_t> p = long_range_params<scalar_t>(in);
     scalar_t* ec = coulomb.data_ptr<scalar_t>();
     scalar_t* ed = dispersion.data_ptr<scalar_t>();
-    at::parallel_for(0, in.num_atoms, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) lr::long_range_atom(p, i, ec, ed);
-    });
+    at::parallel_for(0, in.num_atoms, kGrain,
+                     [&](int64_t begin, int64_t end) { forward_range(p, ec, ed, begin, end); });
   });
   return {coulomb, dispersion};
 }
@@ -162,9 +301,8 @@ LongRangeGrads long_range_backward_cpu(const at::Tensor& grad_coulomb, const at:
   AT_DISPATCH_FLOATING_TYPES(in.positions.scalar_type(), "long_range_energy_backward_cpu", [&] {
     const lr::Params<scalar_t> p = long_range_params<scalar_t>(in);
     const lr::Gradients<scalar_t> g = long_range_gradients<scalar_t>(b);
-    at::parallel_for(0, in.num_atoms, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) lr::long_range_atom_backward(p, g, i);
-    });
+    at::parallel_for(0, in.num_atoms, kGrain,
+                     [&](int64_t begin, int64_t end) { backward_range(p, g, begin, end); });
   });
   return long_range_grads(b);
 }

@@ -67,26 +67,19 @@ struct Gradients {
 
 // The C∞ switch S(d; x_on, x_off) = σ(1−c)/(σ(1−c) + σ(c)), σ(t) = exp(−1/t) (0 for t ≤ 0),
 // c = (d − x_on)/(x_off − x_on), and dS/dd. Inside the switching region it is evaluated with one exponential
-// as S = 1/(1 + exp(z)), z = 1/(1−c) − 1/c, so dS/dc = −S(1−S)·(1/(1−c)² + 1/c²).
+// as S = 1/(1 + exp(z)), z = 1/(1−c) − 1/c, so dS/dc = −S(1−S)·(1/(1−c)² + 1/c²). Branch-free (the formula is
+// evaluated at c = 1/2 outside (0, 1) and discarded) so that the CPU launcher's edge loops vectorise; the
+// region is tested on c, not d, because rounding may put c on a boundary for d just inside.
 template <typename T>
 VISKRATES_HD void smooth_switch(T d, T x_on, T x_off, T* s, T* ds) {
   const T width = x_off - x_on;
   const T c = (d - x_on) / width;
-  // tested on c, not d: rounding may put c on a boundary for d just inside
-  if (c <= T(0)) {
-    *s = T(1);
-    *ds = T(0);
-    return;
-  }
-  if (c >= T(1)) {
-    *s = T(0);
-    *ds = T(0);
-    return;
-  }
-  const T a = T(1) / (T(1) - c), b = T(1) / c;
+  const bool inside = c > T(0) && c < T(1);
+  const T t = inside ? c : T(0.5);
+  const T a = T(1) / (T(1) - t), b = T(1) / t;
   const T value = T(1) / (T(1) + math::exp(a - b));
-  *s = value;
-  *ds = -value * (T(1) - value) * (a * a + b * b) / width;
+  *s = inside ? value : (c <= T(0) ? T(1) : T(0));
+  *ds = inside ? -value * (T(1) - value) * (a * a + b * b) / width : T(0);
 }
 
 // Coulomb pair kernel k(d) = V(d) − V(r_c) − (1 − f)·V'(r_c)·(d − r_c) and dk/dd (d < r_c).
@@ -153,6 +146,30 @@ VISKRATES_HD T dispersion_pair(const Params<T>& p, T alpha_a, T alpha_b, T c6_a,
   return e0 * s;
 }
 
+// Energies of the pair (i, j) at distance d < r_c: returns the dispersion energy and sets *k to the Coulomb
+// kernel k(d) (without the charges). Branch-free, like every function it calls, for the CPU launcher's
+// vectorised edge loops.
+template <typename T>
+VISKRATES_HD T pair_energy(const Params<T>& p, T d, T alpha_i, T alpha_j, T c6_i, T c6_j, T* k) {
+  T dk, unused_dd, unused_dalpha, unused_dc6;
+  coulomb_kernel(p, d, k, &dk);
+  return dispersion_pair(p, alpha_i, alpha_j, c6_i, c6_j, d, false, &unused_dd, &unused_dalpha, &unused_dc6);
+}
+
+// Receiver i's gradient terms of its edge to j at distance d < r_c, the pair's energies weighted by the
+// upstream gradients of their owner (w_coulomb includes ke): dL/dq_i, dL/dα_i, dL/dC6_i and dL/dd / d.
+template <typename T>
+VISKRATES_HD void pair_backward(const Params<T>& p, T d, T q_i, T q_j, T alpha_i, T alpha_j, T c6_i, T c6_j,
+                                T w_coulomb, T w_dispersion, T* gq, T* galpha, T* gc6, T* gd_over_d) {
+  T k, dk, de_dd, de_dalpha, de_dc6;
+  coulomb_kernel(p, d, &k, &dk);
+  dispersion_pair(p, alpha_i, alpha_j, c6_i, c6_j, d, true, &de_dd, &de_dalpha, &de_dc6);
+  *gq = w_coulomb * q_j * k;
+  *galpha = w_dispersion * de_dalpha;
+  *gc6 = w_dispersion * de_dc6;
+  *gd_over_d = (w_coulomb * q_i * q_j * dk + w_dispersion * de_dd) / d;
+}
+
 // Vector v = R_j − R_i + shift·box of edge e from receiver i to sender j, and its length.
 template <typename T>
 VISKRATES_HD T edge_vector(const Params<T>& p, int64_t i, int64_t j, int64_t e, T* v) {
@@ -164,23 +181,21 @@ VISKRATES_HD T edge_vector(const Params<T>& p, int64_t i, int64_t j, int64_t e, 
   return math::sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]);
 }
 
-// Forward of receiver i: the Coulomb and dispersion energies of the pairs (i, j), j > i, within r_c.
+// Forward of receiver i: the Coulomb and dispersion energies of the pairs (i, j), j > i, within r_c. The CUDA
+// launcher runs it per thread; the CPU launcher runs the same edge test and pair terms in vectorised blocks.
 template <typename T>
 VISKRATES_HD void long_range_atom(const Params<T>& p, int64_t i, T* coulomb_energies, T* dispersion_energies) {
   T coulomb = T(0), dispersion = T(0);
   const T q_i = p.charges[i], alpha_i = p.polarizabilities[i], c6_i = p.c6[i];
-  T unused_dd, unused_dalpha, unused_dc6;
   for (int64_t e = p.row_ptr[i]; e < p.row_ptr[i + 1]; ++e) {
     const int64_t j = p.senders[e];
     if (j <= i) continue;
     T v[3];
     const T d = edge_vector(p, i, j, e, v);
     if (!(d < p.cutoff)) continue;
-    T k, dk;
-    coulomb_kernel(p, d, &k, &dk);
+    T k;
+    dispersion += pair_energy(p, d, alpha_i, p.polarizabilities[j], c6_i, p.c6[j], &k);
     coulomb += p.charges[j] * k;
-    dispersion += dispersion_pair(p, alpha_i, p.polarizabilities[j], c6_i, p.c6[j], d, false, &unused_dd,
-                                  &unused_dalpha, &unused_dc6);
   }
   coulomb_energies[i] = p.coulomb_constant * q_i * coulomb;
   dispersion_energies[i] = dispersion;
@@ -203,16 +218,13 @@ VISKRATES_HD void long_range_atom_backward(const Params<T>& p, const Gradients<T
     const T d = edge_vector(p, i, j, e, v);
     if (!(d < p.cutoff)) continue;
     const int64_t owner = j > i ? i : j;
-    const T w_coulomb = g.coulomb[owner] * p.coulomb_constant, w_dispersion = g.dispersion[owner];
-    T k, dk, de_dd, de_dalpha, de_dc6;
-    coulomb_kernel(p, d, &k, &dk);
-    const T q_j = p.charges[j];
-    dispersion_pair(p, alpha_i, p.polarizabilities[j], c6_i, p.c6[j], d, true, &de_dd, &de_dalpha, &de_dc6);
-    gq += w_coulomb * q_j * k;
-    galpha += w_dispersion * de_dalpha;
-    gc6 += w_dispersion * de_dc6;
-    // dL/dd·v/d; d depends on R_i through v = R_j − R_i + shift·box
-    const T gd_over_d = (w_coulomb * q_i * q_j * dk + w_dispersion * de_dd) / d;
+    T gq_e, galpha_e, gc6_e, gd_over_d;
+    pair_backward(p, d, q_i, p.charges[j], alpha_i, p.polarizabilities[j], c6_i, p.c6[j],
+                  g.coulomb[owner] * p.coulomb_constant, g.dispersion[owner], &gq_e, &galpha_e, &gc6_e, &gd_over_d);
+    gq += gq_e;
+    galpha += galpha_e;
+    gc6 += gc6_e;
+    // d depends on R_i through v = R_j − R_i + shift·box
     for (int a = 0; a < 3; ++a) gr[a] -= gd_over_d * v[a];
     if (g.box_partials != nullptr && j > i) {
       const T* s = p.shifts + 3 * e;

@@ -52,11 +52,12 @@ def module_energies(electrostatics, dispersion, atomic_numbers, positions, box, 
 def test_op_matches_physics_modules_float64(periodic):
     """Energies and gradients (positions, box, charges, Hirshfeld ratios through α and C6) of the op against
     Electrostatics + QDODispersion. The op gets a list built with a 1.5 Å longer cutoff, so it must drop pairs
-    beyond the cutoff itself; the random positions fill both switching regions (4.05–9 Å and 7–9 Å)."""
+    beyond the cutoff itself; the random positions fill both switching regions (4.05–9 Å and 7–9 Å), and
+    atoms have more edges than the CPU launcher's blocks of 64 (cpp/long_range.cpp)."""
     cutoff, damping = 9.0, 2.0
     electrostatics = Electrostatics(cutoff)
     dispersion = QDODispersion(cutoff, damping)
-    z, positions, box, charges, hirshfeld = random_structure(120, 22.0, periodic, seed=1)
+    z, positions, box, charges, hirshfeld = random_structure(300, 22.0, periodic, seed=1)
     if not periodic:
         # an isolated atom: no pair, zero energy and gradients
         z = torch.cat([z, torch.tensor([8])])
@@ -72,6 +73,7 @@ def test_op_matches_physics_modules_float64(periodic):
                                                                  None if box is None else box.detach())
     distances = torch.linalg.vector_norm(vectors, dim=-1)
     assert bool((distances >= cutoff).any()) and bool(((distances > 4.05) & (distances < 7.0)).any())
+    assert int((row_ptr[1:] - row_ptr[:-1]).max()) > 2 * 64
     alpha, c6 = dispersion.atomic_parameters(z, hirshfeld)
     elec, disp = long_range_energy(positions, box, row_ptr, senders, shifts, charges, alpha, c6, cutoff,
                                    COULOMB_CONSTANT, electrostatics.sigma, electrostatics.switch_on,
@@ -100,6 +102,25 @@ def test_op_per_atom_energies_match_its_reference():
             6.5, 1.2)
     for got, want in zip(long_range_energy(*args), long_range_energy_reference(*args)):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+def test_op_float32_matches_float64():
+    """float32 (the CPU launcher's vector math: libmvec's erf, exp and pow, within 4 ulp) against float64: total
+    energies and forces to float32 rounding."""
+    z, positions, box, charges, hirshfeld = random_structure(300, 22.0, True, seed=4)
+    results = {}
+    for dtype in (torch.float64, torch.float32):
+        alpha, c6 = QDODispersion().atomic_parameters(z, hirshfeld.to(dtype))
+        r = positions.to(dtype).requires_grad_(True)
+        b = box.to(dtype)
+        row_ptr, _, senders, shifts, _ = neighbor_list(r.detach(), 9.0, b)
+        elec, disp = long_range_energy(r, b, row_ptr, senders, shifts, charges.to(dtype), alpha, c6, 9.0,
+                                       COULOMB_CONSTANT, 4.0, 0.45 * 9.0, 7.0, 1.2)
+        energy = elec.sum() + disp.sum()
+        results[dtype] = (energy.double(), torch.autograd.grad(energy, r)[0].double())
+    (e64, f64), (e32, f32) = results[torch.float64], results[torch.float32]
+    torch.testing.assert_close(e32, e64, rtol=1e-5, atol=0.0)
+    torch.testing.assert_close(f32, f64, rtol=0.0, atol=1e-5 * float(f64.abs().max()))
 
 
 def test_op_gradcheck():
