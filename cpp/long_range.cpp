@@ -23,7 +23,8 @@ LongRangeInputs check_long_range(const at::Tensor& positions, const std::optiona
                                  const at::Tensor& row_ptr, const at::Tensor& senders, const at::Tensor& shifts,
                                  const at::Tensor& charges, const at::Tensor& polarizabilities, const at::Tensor& c6,
                                  double cutoff, double coulomb_constant, double sigma, double coulomb_switch_on,
-                                 double dispersion_switch_on, double dispersion_scale) {
+                                 double dispersion_switch_on, double dispersion_scale,
+                                 c10::string_view coulomb_kernel) {
   const char* op = long_range_op_name();
   TORCH_CHECK_VALUE(positions.is_floating_point() && positions.dim() == 2 && positions.size(1) == 3, op,
                     ": positions must be a floating-point [N, 3] tensor, got ", positions.scalar_type(), " of shape ",
@@ -71,6 +72,9 @@ LongRangeInputs check_long_range(const at::Tensor& positions, const std::optiona
                     ": dispersion_switch_on must lie in [0, cutoff) = [0, ", cutoff, "), got ", dispersion_switch_on);
   TORCH_CHECK_VALUE(std::isfinite(dispersion_scale) && dispersion_scale > 0.0, op,
                     ": dispersion_scale must be finite and > 0, got ", dispersion_scale);
+  TORCH_CHECK_VALUE(coulomb_kernel == "shifted_force" || coulomb_kernel == "switched_erf", op,
+                    ": coulomb_kernel must be 'shifted_force' or 'switched_erf', got '", coulomb_kernel, "'");
+  in.coulomb_kernel = coulomb_kernel == "switched_erf" ? lr::kSwitchedErf : lr::kShiftedForce;
   in.positions = positions.contiguous();
   if (periodic) in.box = box->contiguous();
   in.row_ptr = row_ptr.contiguous();
@@ -271,10 +275,11 @@ LongRangeOutputs long_range_cpu(const at::Tensor& positions, const std::optional
                                 const at::Tensor& row_ptr, const at::Tensor& senders, const at::Tensor& shifts,
                                 const at::Tensor& charges, const at::Tensor& polarizabilities, const at::Tensor& c6,
                                 double cutoff, double coulomb_constant, double sigma, double coulomb_switch_on,
-                                double dispersion_switch_on, double dispersion_scale) {
+                                double dispersion_switch_on, double dispersion_scale,
+                                c10::string_view coulomb_kernel) {
   const LongRangeInputs in = check_long_range(positions, box, row_ptr, senders, shifts, charges, polarizabilities, c6,
                                               cutoff, coulomb_constant, sigma, coulomb_switch_on,
-                                              dispersion_switch_on, dispersion_scale);
+                                              dispersion_switch_on, dispersion_scale, coulomb_kernel);
   at::Tensor coulomb = at::empty({in.num_atoms}, in.positions.options());
   at::Tensor dispersion = at::empty({in.num_atoms}, in.positions.options());
   AT_DISPATCH_FLOATING_TYPES(in.positions.scalar_type(), "long_range_energy_cpu", [&] {
@@ -293,10 +298,10 @@ LongRangeGrads long_range_backward_cpu(const at::Tensor& grad_coulomb, const at:
                                        const at::Tensor& charges, const at::Tensor& polarizabilities,
                                        const at::Tensor& c6, double cutoff, double coulomb_constant, double sigma,
                                        double coulomb_switch_on, double dispersion_switch_on, double dispersion_scale,
-                                       bool box_grad) {
+                                       c10::string_view coulomb_kernel, bool box_grad) {
   const LongRangeInputs in = check_long_range(positions, box, row_ptr, senders, shifts, charges, polarizabilities, c6,
                                               cutoff, coulomb_constant, sigma, coulomb_switch_on,
-                                              dispersion_switch_on, dispersion_scale);
+                                              dispersion_switch_on, dispersion_scale, coulomb_kernel);
   const LongRangeBackward b = long_range_backward_buffers(in, grad_coulomb, grad_dispersion, box_grad);
   AT_DISPATCH_FLOATING_TYPES(in.positions.scalar_type(), "long_range_energy_backward_cpu", [&] {
     const lr::Params<scalar_t> p = long_range_params<scalar_t>(in);
@@ -315,13 +320,14 @@ TORCH_LIBRARY_FRAGMENT(viskrates, m) {
   m.def(
       "long_range_energy(Tensor positions, Tensor? box, Tensor row_ptr, Tensor senders, Tensor shifts, Tensor charges, "
       "Tensor polarizabilities, Tensor c6, float cutoff, float coulomb_constant, float sigma, "
-      "float coulomb_switch_on, float dispersion_switch_on, float dispersion_scale) -> "
-      "(Tensor coulomb_energies, Tensor dispersion_energies)");
+      "float coulomb_switch_on, float dispersion_switch_on, float dispersion_scale, "
+      "str coulomb_kernel=\"shifted_force\") -> (Tensor coulomb_energies, Tensor dispersion_energies)");
   m.def(
       "long_range_energy_backward(Tensor grad_coulomb, Tensor grad_dispersion, Tensor positions, Tensor? box, "
       "Tensor row_ptr, Tensor senders, Tensor shifts, Tensor charges, Tensor polarizabilities, Tensor c6, "
       "float cutoff, float coulomb_constant, float sigma, float coulomb_switch_on, float dispersion_switch_on, "
-      "float dispersion_scale, bool box_grad) -> (Tensor grad_positions, Tensor grad_box, Tensor grad_charges, "
+      "float dispersion_scale, str coulomb_kernel, bool box_grad) -> (Tensor grad_positions, Tensor grad_box, "
+      "Tensor grad_charges, "
       "Tensor grad_polarizabilities, Tensor grad_c6)");
 }
 

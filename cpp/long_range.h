@@ -18,6 +18,7 @@ struct LongRangeInputs {
   int64_t num_atoms = 0, num_edges = 0;
   double cutoff = 0.0, coulomb_constant = 0.0, sigma = 0.0, coulomb_switch_on = 0.0, dispersion_switch_on = 0.0;
   double dispersion_scale = 0.0, coulomb_shift = 0.0, coulomb_slope = 0.0, vdw_radius_factor = 0.0;
+  int coulomb_kernel = lr::kShiftedForce;
 };
 
 // Checks shapes, dtypes, devices and the scalar arguments (c10::ValueError naming the problem).
@@ -25,7 +26,8 @@ LongRangeInputs check_long_range(const at::Tensor& positions, const std::optiona
                                  const at::Tensor& row_ptr, const at::Tensor& senders, const at::Tensor& shifts,
                                  const at::Tensor& charges, const at::Tensor& polarizabilities, const at::Tensor& c6,
                                  double cutoff, double coulomb_constant, double sigma, double coulomb_switch_on,
-                                 double dispersion_switch_on, double dispersion_scale);
+                                 double dispersion_switch_on, double dispersion_scale,
+                                 c10::string_view coulomb_kernel);
 
 template <typename T>
 lr::Params<T> long_range_params(const LongRangeInputs& in) {
@@ -45,7 +47,8 @@ lr::Params<T> long_range_params(const LongRangeInputs& in) {
           static_cast<T>(in.coulomb_slope),
           static_cast<T>(in.dispersion_switch_on),
           static_cast<T>(in.dispersion_scale),
-          static_cast<T>(in.vdw_radius_factor)};
+          static_cast<T>(in.vdw_radius_factor),
+          in.coulomb_kernel};
 }
 
 inline const char* long_range_op_name() { return "viskrates::long_range_energy"; }

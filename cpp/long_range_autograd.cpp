@@ -22,10 +22,9 @@ class LongRangeFunction : public torch::autograd::Function<LongRangeFunction> {
   static variable_list forward(AutogradContext* ctx, T positions, OptT box, T row_ptr, T senders, T shifts,
                                T charges, T polarizabilities, T c6, double cutoff, double coulomb_constant,
                                double sigma, double coulomb_switch_on, double dispersion_switch_on,
-                               double dispersion_scale) {
-    static const auto op =
-        find_op<LongRangeOutputs(T, OptT, T, T, T, T, T, T, double, double, double, double, double, double)>(
-            "viskrates::long_range_energy");
+                               double dispersion_scale, c10::string_view coulomb_kernel) {
+    static const auto op = find_op<LongRangeOutputs(T, OptT, T, T, T, T, T, T, double, double, double, double,
+                                                    double, double, c10::string_view)>("viskrates::long_range_energy");
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({positions, box.has_value() ? *box : at::Tensor(), row_ptr, senders, shifts, charges,
                             polarizabilities, c6});
@@ -35,16 +34,18 @@ class LongRangeFunction : public torch::autograd::Function<LongRangeFunction> {
     ctx->saved_data["coulomb_switch_on"] = coulomb_switch_on;
     ctx->saved_data["dispersion_switch_on"] = dispersion_switch_on;
     ctx->saved_data["dispersion_scale"] = dispersion_scale;
+    ctx->saved_data["coulomb_kernel"] = std::string(coulomb_kernel);
     auto [coulomb, dispersion] = op.call(positions, box, row_ptr, senders, shifts, charges, polarizabilities, c6,
                                          cutoff, coulomb_constant, sigma, coulomb_switch_on, dispersion_switch_on,
-                                         dispersion_scale);
+                                         dispersion_scale, coulomb_kernel);
     return {coulomb, dispersion};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     check_no_double_backward("viskrates::long_range_energy", "SO3LR");
-    static const auto op = find_op<LongRangeGrads(T, T, T, OptT, T, T, T, T, T, T, double, double, double, double,
-                                                  double, double, bool)>("viskrates::long_range_energy_backward");
+    static const auto op =
+        find_op<LongRangeGrads(T, T, T, OptT, T, T, T, T, T, T, double, double, double, double, double, double,
+                               c10::string_view, bool)>("viskrates::long_range_energy_backward");
     const variable_list s = ctx->get_saved_variables();
     const std::optional<at::Tensor> box = optional_of(s[1]);
     // an output that does not reach the loss comes back undefined: its gradient is zero
@@ -57,19 +58,21 @@ class LongRangeFunction : public torch::autograd::Function<LongRangeFunction> {
                 ctx->saved_data["cutoff"].toDouble(), ctx->saved_data["coulomb_constant"].toDouble(),
                 ctx->saved_data["sigma"].toDouble(), ctx->saved_data["coulomb_switch_on"].toDouble(),
                 ctx->saved_data["dispersion_switch_on"].toDouble(), ctx->saved_data["dispersion_scale"].toDouble(),
-                box_grad);
+                ctx->saved_data["coulomb_kernel"].toStringRef(), box_grad);
     const at::Tensor none;
-    // inputs: positions, box, row_ptr, senders, shifts, charges, polarizabilities, c6, then six scalars
-    return {gr, gbox, none, none, none, gq, galpha, gc6, none, none, none, none, none, none};
+    // inputs: positions, box, row_ptr, senders, shifts, charges, polarizabilities, c6, then seven scalars
+    return {gr, gbox, none, none, none, gq, galpha, gc6, none, none, none, none, none, none, none};
   }
 };
 
 LongRangeOutputs long_range_autograd(T positions, OptT box, T row_ptr, T senders, T shifts, T charges,
                                      T polarizabilities, T c6, double cutoff, double coulomb_constant, double sigma,
-                                     double coulomb_switch_on, double dispersion_switch_on, double dispersion_scale) {
+                                     double coulomb_switch_on, double dispersion_switch_on, double dispersion_scale,
+                                     c10::string_view coulomb_kernel) {
   const variable_list out =
       LongRangeFunction::apply(positions, box, row_ptr, senders, shifts, charges, polarizabilities, c6, cutoff,
-                               coulomb_constant, sigma, coulomb_switch_on, dispersion_switch_on, dispersion_scale);
+                               coulomb_constant, sigma, coulomb_switch_on, dispersion_switch_on, dispersion_scale,
+                               coulomb_kernel);
   return {out[0], out[1]};
 }
 

@@ -32,6 +32,10 @@ constexpr double kFineStructure = 0.007297352566206496;
 constexpr double kSigma3 = -0.00078893, kSigma2 = 0.04125273, kSigma1 = 0.24428889, kSigma0 = -0.00433008;
 constexpr double kDampingLength = 2.0 * 2.54;
 
+// Coulomb pair kernels (Params::coulomb_kernel).
+constexpr int kShiftedForce = 0;  // SO3LR's shifted force (FORMULAS §8)
+constexpr int kSwitchedErf = 1;   // the PME hand-off's in-cutoff term (viskrates.physics.SwitchedErfCoulomb)
+
 template <typename T>
 struct Params {
   const T* positions;        // [N, 3] Å
@@ -51,6 +55,7 @@ struct Params {
   T dispersion_switch_on;    // r_c − damping, Å
   T dispersion_scale;        // scale of the damping length (SO3LR: 1.2)
   T vdw_radius_factor;       // α_fs^(−4/21), R_vdW = α_fs^(−4/21)·α^(1/7)
+  int coulomb_kernel;        // kShiftedForce or kSwitchedErf
 };
 
 // Upstream gradients and outputs of the backward (long_range_atom_backward), all rows indexed by atom.
@@ -82,13 +87,27 @@ VISKRATES_HD void smooth_switch(T d, T x_on, T x_off, T* s, T* ds) {
   *ds = inside ? -value * (T(1) - value) * (a * a + b * b) / width : T(0);
 }
 
-// Coulomb pair kernel k(d) = V(d) − V(r_c) − (1 − f)·V'(r_c)·(d − r_c) and dk/dd (d < r_c).
+// Coulomb pair kernel k(d) and dk/dd (d < r_c), V(d) = erf(d/σ)/d:
+//   kShiftedForce: k = V(d) − V(r_c) − (1 − f)·V'(r_c)·(d − r_c), f = S(d; x_on, r_c);
+//   kSwitchedErf:  k = V(d)·P(u), P = 1 − 10u³ + 15u⁴ − 6u⁵ (OpenMM's switching function), u = (d − x_on)/(r_c − x_on)
+//                  clamped to [0, 1] (P' vanishes at both ends, so the clamp needs no branch in dP/dd).
 template <typename T>
 VISKRATES_HD void coulomb_kernel(const Params<T>& p, T d, T* k, T* dk) {
   const T x = d * p.inv_sigma;
   const T v = math::erf(x) / d;
   // V'(d) = 2·exp(−(d/σ)²)/(√π·σ·d) − V(d)/d
   const T dv = (T(1.1283791670955126) * p.inv_sigma * math::exp(-x * x) - v) / d;
+  if (p.coulomb_kernel == kSwitchedErf) {
+    const T width = p.cutoff - p.coulomb_switch_on;
+    T u = (d - p.coulomb_switch_on) / width;
+    u = u < T(0) ? T(0) : (u > T(1) ? T(1) : u);
+    const T u2 = u * u, u3 = u2 * u;
+    const T switch_value = T(1) - T(10) * u3 + T(15) * u3 * u - T(6) * u3 * u2;
+    const T switch_slope = (T(-30) * u2 + T(60) * u3 - T(30) * u3 * u) / width;
+    *k = v * switch_value;
+    *dk = dv * switch_value + v * switch_slope;
+    return;
+  }
   T f, df;
   smooth_switch(d, p.coulomb_switch_on, p.cutoff, &f, &df);
   const T offset = d - p.cutoff;

@@ -17,11 +17,12 @@ LongRangeOutputs long_range_cuda(const at::Tensor& positions, const std::optiona
                                  const at::Tensor& row_ptr, const at::Tensor& senders, const at::Tensor& shifts,
                                  const at::Tensor& charges, const at::Tensor& polarizabilities, const at::Tensor& c6,
                                  double cutoff, double coulomb_constant, double sigma, double coulomb_switch_on,
-                                 double dispersion_switch_on, double dispersion_scale) {
+                                 double dispersion_switch_on, double dispersion_scale,
+                                 c10::string_view coulomb_kernel) {
   const c10::cuda::CUDAGuard guard(positions.device());
   const LongRangeInputs in = check_long_range(positions, box, row_ptr, senders, shifts, charges, polarizabilities, c6,
                                               cutoff, coulomb_constant, sigma, coulomb_switch_on,
-                                              dispersion_switch_on, dispersion_scale);
+                                              dispersion_switch_on, dispersion_scale, coulomb_kernel);
   at::Tensor coulomb = at::empty({in.num_atoms}, in.positions.options());
   at::Tensor dispersion = at::empty({in.num_atoms}, in.positions.options());
   if (in.num_atoms == 0) return {coulomb, dispersion};
@@ -41,11 +42,12 @@ LongRangeGrads long_range_backward_cuda(const at::Tensor& grad_coulomb, const at
                                         const at::Tensor& shifts, const at::Tensor& charges,
                                         const at::Tensor& polarizabilities, const at::Tensor& c6, double cutoff,
                                         double coulomb_constant, double sigma, double coulomb_switch_on,
-                                        double dispersion_switch_on, double dispersion_scale, bool box_grad) {
+                                        double dispersion_switch_on, double dispersion_scale,
+                                        c10::string_view coulomb_kernel, bool box_grad) {
   const c10::cuda::CUDAGuard guard(positions.device());
   const LongRangeInputs in = check_long_range(positions, box, row_ptr, senders, shifts, charges, polarizabilities, c6,
                                               cutoff, coulomb_constant, sigma, coulomb_switch_on,
-                                              dispersion_switch_on, dispersion_scale);
+                                              dispersion_switch_on, dispersion_scale, coulomb_kernel);
   const LongRangeBackward b = long_range_backward_buffers(in, grad_coulomb, grad_dispersion, box_grad);
   if (in.num_atoms > 0) {
     AT_DISPATCH_FLOATING_TYPES(in.positions.scalar_type(), "long_range_energy_backward_cuda", [&] {

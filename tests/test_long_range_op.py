@@ -15,6 +15,7 @@ import viskrates
 from viskrates import bench
 from viskrates.ops import long_range_energy, long_range_energy_reference, neighbor_list
 from viskrates.physics import COULOMB_CONSTANT, Electrostatics, QDODispersion
+from viskrates.physics.ewald import SwitchedErfCoulomb
 
 SUPPORTED = torch.tensor([1, 6, 7, 8, 9, 15, 16, 17])
 
@@ -48,14 +49,19 @@ def module_energies(electrostatics, dispersion, atomic_numbers, positions, box, 
             dispersion(atomic_numbers, hirshfeld, distances, first, second, graph, 1))
 
 
+@pytest.mark.parametrize("kernel", ["shifted_force", "switched_erf"])
 @pytest.mark.parametrize("periodic", [True, False])
-def test_op_matches_physics_modules_float64(periodic):
+def test_op_matches_physics_modules_float64(periodic, kernel):
     """Energies and gradients (positions, box, charges, Hirshfeld ratios through α and C6) of the op against
-    Electrostatics + QDODispersion. The op gets a list built with a 1.5 Å longer cutoff, so it must drop pairs
-    beyond the cutoff itself; the random positions fill both switching regions (4.05–9 Å and 7–9 Å), and
+    QDODispersion and Electrostatics (shifted force) or SwitchedErfCoulomb (the PME hand-off's kernel). The
+    op gets a list built with a 1.5 Å longer cutoff, so it must drop pairs beyond the cutoff itself; the
+    random positions fill the switching regions (Coulomb from 4.05 or 3 Å, dispersion from 7 Å, to 9 Å), and
     atoms have more edges than the CPU launcher's blocks of 64 (cpp/long_range.cpp)."""
     cutoff, damping = 9.0, 2.0
-    electrostatics = Electrostatics(cutoff)
+    if kernel == "shifted_force":
+        electrostatics = Electrostatics(cutoff)
+    else:
+        electrostatics = SwitchedErfCoulomb(cutoff, 3.0)
     dispersion = QDODispersion(cutoff, damping)
     z, positions, box, charges, hirshfeld = random_structure(300, 22.0, periodic, seed=1)
     if not periodic:
@@ -77,7 +83,7 @@ def test_op_matches_physics_modules_float64(periodic):
     alpha, c6 = dispersion.atomic_parameters(z, hirshfeld)
     elec, disp = long_range_energy(positions, box, row_ptr, senders, shifts, charges, alpha, c6, cutoff,
                                    COULOMB_CONSTANT, electrostatics.sigma, electrostatics.switch_on,
-                                   dispersion.switch_on, dispersion.scale)
+                                   dispersion.switch_on, dispersion.scale, kernel)
     torch.testing.assert_close(elec.sum(), ref_elec[0], rtol=1e-13, atol=1e-13)
     torch.testing.assert_close(disp.sum(), ref_disp[0], rtol=1e-13, atol=1e-15)
 
@@ -93,13 +99,14 @@ def test_op_matches_physics_modules_float64(periodic):
         assert float(grads[0][-1].abs().max()) == 0.0 and float(grads[1][-1]) == 0.0
 
 
-def test_op_per_atom_energies_match_its_reference():
+@pytest.mark.parametrize("kernel", ["shifted_force", "switched_erf"])
+def test_op_per_atom_energies_match_its_reference(kernel):
     """Per-atom split (pair energy on its first atom, FORMULAS §10) against long_range_energy_reference."""
     z, positions, box, charges, hirshfeld = random_structure(80, 19.0, True, seed=2)
     alpha, c6 = QDODispersion().atomic_parameters(z, hirshfeld)
     row_ptr, _, senders, shifts, _ = neighbor_list(positions, 9.0, box)
     args = (positions, box, row_ptr, senders, shifts, charges, alpha, c6, 8.5, COULOMB_CONSTANT, 4.0, 0.45 * 8.5,
-            6.5, 1.2)
+            6.5, 1.2, kernel)
     for got, want in zip(long_range_energy(*args), long_range_energy_reference(*args)):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
 
@@ -123,7 +130,8 @@ def test_op_float32_matches_float64():
     torch.testing.assert_close(f32, f64, rtol=0.0, atol=1e-5 * float(f64.abs().max()))
 
 
-def test_op_gradcheck():
+@pytest.mark.parametrize("kernel", ["shifted_force", "switched_erf"])
+def test_op_gradcheck(kernel):
     z, positions, box, charges, hirshfeld = random_structure(14, 10.5, True, seed=3)
     alpha, c6 = QDODispersion().atomic_parameters(z, hirshfeld)
     cutoff = 5.0
@@ -131,7 +139,7 @@ def test_op_gradcheck():
 
     def energies(r, b, q, a, c):
         e, d = long_range_energy(r, b, row_ptr, senders, shifts, q, a, c, cutoff, COULOMB_CONSTANT, 4.0,
-                                 0.45 * cutoff, cutoff - 2.0, 1.2)
+                                 0.45 * cutoff, cutoff - 2.0, 1.2, kernel)
         return e, d
 
     inputs = tuple(t.clone().requires_grad_(True) for t in (positions, box, charges, alpha, c6))
@@ -211,15 +219,51 @@ def test_bench_skips_cases_above_the_memory_limit():
     assert "so3lr reference" in text and "skipped: estimated peak memory" in text and "exceeds the 0.1 GiB" in text
 
 
-def test_so3lr_fused_uses_the_op_unless_electrostatics_is_replaced():
-    """SO3LR(backend='fused') runs viskrates::long_range_energy; with its electrostatics module replaced (as the
-    PME hand-off does) it takes the generic path, which still scripts and evaluates the replacement."""
+@pytest.mark.parametrize("kernel", ["shifted_force", "switched_erf"])
+def test_so3lr_fused_runs_the_op_with_both_coulomb_kernels(kernel):
+    """SO3LR(backend='fused') evaluates its long-range energies with viskrates::long_range_energy, with its own
+    shifted-force electrostatics and with the PME hand-off's SwitchedErfCoulomb (viskrates.openmm.pme), and
+    gives the reference backend's energies and forces (float64, periodic water box)."""
     from viskrates.models import SO3LR
-    from viskrates.openmm.pme import SwitchedErfCoulomb
 
-    assert "long_range_energy" in torch.jit.script(SO3LR(lr_cutoff=6.0, backend="fused")).code
+    z, positions, box = (torch.from_numpy(a) for a in bench.water_box(100))
+    lr_cutoff = 0.45 * float(box[0, 0])
+    results = {}
+    for backend in ("reference", "fused"):
+        model = SO3LR(lr_cutoff=lr_cutoff, backend=backend).double()
+        if kernel == "switched_erf":
+            model.electrostatics = SwitchedErfCoulomb(lr_cutoff, 0.0)
+        scripted = torch.jit.script(model)
+        # the op's branch is compiled only when the electrostatics module names its kernel
+        assert "long_range_energy" in scripted.code
+        r = positions.clone().requires_grad_(True)
+        out = scripted(z, r, box)
+        results[backend] = (out["energy_elec"], out["energy_disp"], out["energy"],
+                            torch.autograd.grad(out["energy"].sum(), r)[0])
+    for got, want in zip(results["fused"], results["reference"]):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert float(results["fused"][0].abs()) > 0.1
+
+
+class _OtherCoulomb(torch.nn.Module):
+    """An electrostatics module the op does not implement (no long_range_kernel): a plain erf kernel."""
+
+    def __init__(self, cutoff: float):
+        super().__init__()
+        self.inner = SwitchedErfCoulomb(cutoff, 0.5 * cutoff)
+
+    def forward(self, charges: torch.Tensor, distances: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
+                pair_graph: torch.Tensor, num_graphs: int) -> torch.Tensor:
+        return self.inner(charges, distances, first, second, pair_graph, num_graphs)
+
+
+def test_so3lr_fused_takes_the_generic_path_for_other_electrostatics():
+    """With an electrostatics module the op does not implement, SO3LR(backend='fused') takes the generic path,
+    which still scripts and evaluates the replacement."""
+    from viskrates.models import SO3LR
+
     model = SO3LR(lr_cutoff=6.0, backend="fused").double()
-    model.electrostatics = SwitchedErfCoulomb(6.0, 5.0)
+    model.electrostatics = _OtherCoulomb(6.0)
     scripted = torch.jit.script(model)
     assert "long_range_energy" not in scripted.code
     z = torch.tensor([8, 1, 1, 8, 1, 1])

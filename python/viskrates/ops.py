@@ -474,15 +474,20 @@ def rgc_geometry(edge_vectors: Tensor, receivers: Tensor, senders: Tensor, cutof
 def long_range_energy_reference(positions: Tensor, box: Optional[Tensor], row_ptr: Tensor, senders: Tensor,
                                 shifts: Tensor, charges: Tensor, polarizabilities: Tensor, c6: Tensor, cutoff: float,
                                 coulomb_constant: float, sigma: float, coulomb_switch_on: float,
-                                dispersion_switch_on: float, dispersion_scale: float) -> Tuple[Tensor, Tensor]:
+                                dispersion_switch_on: float, dispersion_scale: float,
+                                coulomb_kernel: str = "shifted_force") -> Tuple[Tensor, Tensor]:
     """SO3LR's long-range energies per atom, the specification of ``viskrates::long_range_energy``, built from
     :class:`viskrates.physics.Electrostatics` and :class:`viskrates.physics.QDODispersion`. The edge i→j has
     the vector ``v = R_j − R_i + shifts[e] @ box`` (as :func:`neighbor_list` forms it); each pair (i, j) is
     taken once, from its edge with i < j, counted when ``|v| < cutoff``, and its energy is assigned to atom i
     (the official per-atom split):
 
-    * Coulomb ``ke·q_i·q_j·[V(d) − V(r_c) − (1 − f)·V'(r_c)·(d − r_c)]``, ``V(d) = erf(d/σ)/d``,
+    * Coulomb, ``coulomb_kernel='shifted_force'`` (SO3LR's, :class:`viskrates.physics.Electrostatics`):
+      ``ke·q_i·q_j·[V(d) − V(r_c) − (1 − f)·V'(r_c)·(d − r_c)]``, ``V(d) = erf(d/σ)/d``,
       ``f = S(d; coulomb_switch_on, cutoff)`` (shifted force blended in by the C∞ switch; FORMULAS §8);
+      ``'switched_erf'`` (the PME hand-off's in-cutoff term, :class:`viskrates.physics.SwitchedErfCoulomb`):
+      ``ke·q_i·q_j·V(d)·P(u)`` with OpenMM's switching function ``P = 1 − 10u³ + 15u⁴ − 6u⁵``,
+      ``u = (d − coulomb_switch_on)/(cutoff − coulomb_switch_on)`` clamped to [0, 1];
     * vdW-QDO dispersion from the per-atom polarisabilities α and C6 coefficients
       (:meth:`QDODispersion.atomic_parameters`), times ``S(d; dispersion_switch_on, cutoff)`` (FORMULAS §9).
 
@@ -496,16 +501,26 @@ def long_range_energy_reference(positions: Tensor, box: Optional[Tensor], row_pt
         cutoff: r_c (Å). coulomb_constant: ke (eV·Å/e²). sigma: σ (Å).
         coulomb_switch_on, dispersion_switch_on: where the two switches start (Å), in [0, cutoff).
         dispersion_scale: scale of the QDO damping length (SO3LR: 1.2).
+        coulomb_kernel: ``'shifted_force'`` or ``'switched_erf'``.
 
     Returns:
         ``(coulomb_energies [N], dispersion_energies [N])`` in eV; their sums are the structure's energies.
+
+    Raises:
+        ValueError: an unknown ``coulomb_kernel``.
     """
     from .physics.dispersion import QDODispersion
     from .physics.electrostatics import Electrostatics
+    from .physics.ewald import SwitchedErfCoulomb
 
-    electrostatics = Electrostatics(cutoff, sigma, coulomb_switch_on / cutoff)
+    if coulomb_kernel == "shifted_force":
+        electrostatics = Electrostatics(cutoff, sigma, coulomb_switch_on / cutoff)
+        electrostatics.switch_on = coulomb_switch_on
+    elif coulomb_kernel == "switched_erf":
+        electrostatics = SwitchedErfCoulomb(cutoff, coulomb_switch_on, sigma)
+    else:
+        raise ValueError(f"coulomb_kernel must be 'shifted_force' or 'switched_erf', got {coulomb_kernel!r}")
     electrostatics.coulomb_constant = coulomb_constant
-    electrostatics.switch_on = coulomb_switch_on
     dispersion = QDODispersion(cutoff, cutoff - dispersion_switch_on, dispersion_scale)
     dispersion.switch_on = dispersion_switch_on
     num_atoms = positions.shape[0]
@@ -527,21 +542,21 @@ def long_range_energy_reference(positions: Tensor, box: Optional[Tensor], row_pt
 def long_range_energy(positions: Tensor, box: Optional[Tensor], row_ptr: Tensor, senders: Tensor, shifts: Tensor,
                       charges: Tensor, polarizabilities: Tensor, c6: Tensor, cutoff: float, coulomb_constant: float,
                       sigma: float, coulomb_switch_on: float, dispersion_switch_on: float,
-                      dispersion_scale: float) -> Tuple[Tensor, Tensor]:
+                      dispersion_scale: float, coulomb_kernel: str = "shifted_force") -> Tuple[Tensor, Tensor]:
     """Fused :func:`long_range_energy_reference` (``torch.ops.viskrates.long_range_energy``): one pass per
     receiver over its edges, forming the edge vectors from the positions; no per-pair tensors. Same arguments
     and results; float32/float64, CPU or CUDA. C++ backward to ``positions``, ``box`` (when it requires
     grad), ``charges``, ``polarizabilities`` and ``c6``, recomputing the pair terms; every atom's gradient is
-    a sum over its own edges in list order (deterministic, no atomics, no scatter). No double backward
+    a sum over its own edges in a fixed order (deterministic, no atomics, no scatter). No double backward
     (RuntimeError under ``create_graph=True``).
 
     Raises:
         ValueError: wrong shapes, dtypes or devices, a non-positive or non-finite cutoff or sigma, a switch
-            start outside [0, cutoff), a non-positive dispersion_scale. Index values are trusted (consistent,
-            in range, and every pair present in both directions).
+            start outside [0, cutoff), a non-positive dispersion_scale, an unknown coulomb_kernel. Index values
+            are trusted (consistent, in range, and every pair present in both directions).
     """
     coulomb, dispersion = torch.ops.viskrates.long_range_energy(positions, box, row_ptr, senders, shifts, charges,
                                                                 polarizabilities, c6, cutoff, coulomb_constant,
                                                                 sigma, coulomb_switch_on, dispersion_switch_on,
-                                                                dispersion_scale)
+                                                                dispersion_scale, coulomb_kernel)
     return coulomb, dispersion

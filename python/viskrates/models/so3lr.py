@@ -277,10 +277,11 @@ class SO3LR(nn.Module):
                               num_graphs)
 
         lr = self.lr_cutoff
-        # The op implements Electrostatics' shifted-force kernel only: a model whose electrostatics module was
-        # replaced (the PME hand-off of viskrates.openmm.pme) takes the generic path. hasattr is resolved when
-        # the model is scripted, so the branch is then not compiled at all.
-        if hasattr(self.electrostatics, "shift_slope") and self.network.backend == "fused" and lr is not None:
+        # The op implements the kernels of Electrostatics (shifted force) and of SwitchedErfCoulomb (the PME
+        # hand-off of viskrates.openmm.pme), which name theirs in long_range_kernel; any other electrostatics
+        # module takes the generic path. hasattr is resolved when the model is scripted, so the branch is then
+        # not compiled at all.
+        if hasattr(self.electrostatics, "long_range_kernel") and self.network.backend == "fused" and lr is not None:
             # One pass per atom over the long-range neighbour list (viskrates::long_range_energy): no per-pair
             # tensors and a C++ backward, instead of ~30 elementwise ops on millions of pairs.
             # The op forms the edge vectors from the positions and differentiates them itself.
@@ -290,7 +291,7 @@ class SO3LR(nn.Module):
                 positions, box, row_ptr, senders_lr, shifts_lr, charges, alpha, c6, lr,
                 self.electrostatics.coulomb_constant,
                 self.electrostatics.sigma, self.electrostatics.switch_on, self.dispersion.switch_on,
-                self.dispersion.scale)
+                self.dispersion.scale, self.electrostatics.long_range_kernel)
             energy_elec = sum_per_structure(atom_elec, graph, num_graphs)
             energy_disp = sum_per_structure(atom_disp, graph, num_graphs)
         else:

@@ -50,6 +50,8 @@ class Electrostatics(nn.Module):
         self.switch_on = 0.0 if cutoff is None else switch_on_fraction * float(cutoff)
         self.shift = 0.0 if cutoff is None else _kernel(float(cutoff), sigma)
         self.shift_slope = 0.0 if cutoff is None else _kernel_derivative(float(cutoff), sigma)
+        # the pair kernel's name for viskrates::long_range_energy (the fused SO3LR's long-range op)
+        self.long_range_kernel = "shifted_force"
 
     def forward(self, charges: Tensor, distances: Tensor, first: Tensor, second: Tensor, pair_graph: Tensor,
                 num_graphs: int) -> Tensor:

@@ -101,15 +101,17 @@ class SwitchedErfCoulomb(torch.nn.Module):
         if not 0.0 <= switch_distance < cutoff:
             raise ValueError(f"switch_distance must lie in [0, cutoff = {cutoff} Å), got {switch_distance}")
         self.cutoff = float(cutoff)
-        self.switch_distance = float(switch_distance)
+        self.switch_on = float(switch_distance)
         self.sigma = float(sigma)
         self.coulomb_constant = COULOMB_CONSTANT
+        # the pair kernel's name for viskrates::long_range_energy (the fused SO3LR's long-range op)
+        self.long_range_kernel = "switched_erf"
 
     def forward(self, charges: Tensor, distances: Tensor, first: Tensor, second: Tensor, pair_graph: Tensor,
                 num_graphs: int) -> Tensor:
         """Energy per structure: charges [N] e, distances [P] Å (unordered pairs once), first/second/pair_graph
         [P] int64, num_graphs B; returns [B] eV in the dtype of ``distances``."""
-        x = ((distances - self.switch_distance) / (self.cutoff - self.switch_distance)).clamp(0.0, 1.0)
+        x = ((distances - self.switch_on) / (self.cutoff - self.switch_on)).clamp(0.0, 1.0)
         x3 = x * x * x
         switch = 1.0 - 10.0 * x3 + 15.0 * x3 * x - 6.0 * x3 * x * x
         pair = (self.coulomb_constant * charges.index_select(0, first) * charges.index_select(0, second)
