@@ -3,7 +3,7 @@
 // senders for the gradients of the senders' features; no atomics, so results do not depend on the
 // number of threads). Kernel bodies: cpp/vismp_kernel.h. Contract and pure-PyTorch references:
 // python/viskrates/ops.py (vismp_attention_reference, vismp_vector_message_reference,
-// vismp_dihedral_reference).
+// vismp_edge_update_reference).
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/core/Tensor.h>
 
@@ -210,10 +210,10 @@ VectorMessageGrads vector_message_backward_cpu(const at::Tensor& grad, const at:
 
 }  // namespace
 
-DihedralInputs check_dihedral(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
-                              const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& target,
-                              const at::Tensor& source, const at::Tensor& harmonics) {
-  const char* op = "viskrates::vismp_dihedral";
+DihedralInputs check_dihedral(const char* op, const at::Tensor& row_ptr, const at::Tensor& receivers,
+                              const at::Tensor& senders, const at::Tensor& col_ptr, const at::Tensor& col_edges,
+                              const std::optional<at::Tensor>& edge_features, const at::Tensor& gate,
+                              const at::Tensor& target, const at::Tensor& source, const at::Tensor& harmonics) {
   DihedralInputs in;
   in.graph = check_vismp_graph(op, row_ptr, receivers, senders, col_ptr, col_edges);
   TORCH_CHECK_VALUE(target.is_floating_point() && target.dim() == 3, op,
@@ -225,6 +225,10 @@ DihedralInputs check_dihedral(const at::Tensor& row_ptr, const at::Tensor& recei
   in.target = check_vismp_features(op, "target", target, {in.graph.num_nodes, in.L, in.C}, target);
   in.source = check_vismp_features(op, "source", source, {in.graph.num_nodes, in.L, in.C}, target);
   in.harmonics = check_vismp_features(op, "harmonics", harmonics, {in.graph.num_edges, in.L}, target);
+  in.gate = check_vismp_features(op, "gate", gate, {in.graph.num_edges, in.C}, target);
+  if (edge_features.has_value()) {
+    in.edge_features = check_vismp_features(op, "edge_features", *edge_features, {in.graph.num_edges, in.C}, target);
+  }
   TORCH_CHECK_VALUE(row_ptr.device() == target.device(), op, ": the graph is on ", row_ptr.device(),
                     " but the features on ", target.device());
   return in;
@@ -233,12 +237,14 @@ DihedralInputs check_dihedral(const at::Tensor& row_ptr, const at::Tensor& recei
 namespace {
 
 at::Tensor dihedral_cpu(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
-                        const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& target,
-                        const at::Tensor& source, const at::Tensor& harmonics) {
-  const DihedralInputs in = check_dihedral(row_ptr, receivers, senders, col_ptr, col_edges, target, source, harmonics);
+                        const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& edge_features,
+                        const at::Tensor& gate, const at::Tensor& target, const at::Tensor& source,
+                        const at::Tensor& harmonics) {
+  const DihedralInputs in = check_dihedral("viskrates::vismp_edge_update", row_ptr, receivers, senders, col_ptr,
+                                           col_edges, edge_features, gate, target, source, harmonics);
   const int64_t n = in.graph.num_nodes, C = in.C;
   at::Tensor out = at::empty({in.graph.num_edges, C}, in.target.options());
-  AT_DISPATCH_FLOATING_TYPES(in.target.scalar_type(), "vismp_dihedral_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(in.target.scalar_type(), "vismp_edge_update_cpu", [&] {
     const vismp::Dihedral<scalar_t> p = dihedral_params<scalar_t>(in);
     const vismp::Graph<scalar_t> graph = graph_pointers<scalar_t>(in.graph);
     scalar_t* o = out.data_ptr<scalar_t>();
@@ -257,18 +263,22 @@ at::Tensor dihedral_cpu(const at::Tensor& row_ptr, const at::Tensor& receivers, 
 
 DihedralGrads dihedral_backward_cpu(const at::Tensor& grad, const at::Tensor& row_ptr, const at::Tensor& receivers,
                                     const at::Tensor& senders, const at::Tensor& col_ptr, const at::Tensor& col_edges,
-                                    const at::Tensor& target, const at::Tensor& source, const at::Tensor& harmonics) {
-  const DihedralInputs in = check_dihedral(row_ptr, receivers, senders, col_ptr, col_edges, target, source, harmonics);
+                                    const at::Tensor& gate, const at::Tensor& target, const at::Tensor& source,
+                                    const at::Tensor& harmonics) {
+  const char* op = "viskrates::vismp_edge_update_backward";
+  const DihedralInputs in = check_dihedral(op, row_ptr, receivers, senders, col_ptr, col_edges, std::nullopt, gate,
+                                           target, source, harmonics);
   const int64_t n = in.graph.num_nodes, num_edges = in.graph.num_edges, L = in.L, C = in.C;
-  const at::Tensor g = check_vismp_features("viskrates::vismp_dihedral_backward", "grad", grad,
-                                            {in.graph.num_edges, C}, in.target);
+  const at::Tensor g = check_vismp_features(op, "grad", grad, {in.graph.num_edges, C}, in.target);
+  at::Tensor grad_gate = at::empty({num_edges, C}, g.options());
   at::Tensor grad_target = at::empty({n, L, C}, g.options());
   at::Tensor grad_source = at::empty({n, L, C}, g.options());
   at::Tensor grad_harmonics = at::empty({in.graph.num_edges, L}, g.options());
-  AT_DISPATCH_FLOATING_TYPES(in.target.scalar_type(), "vismp_dihedral_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(in.target.scalar_type(), "vismp_edge_update_backward_cpu", [&] {
     const vismp::Dihedral<scalar_t> p = dihedral_params<scalar_t>(in);
     const scalar_t* gp = g.data_ptr<scalar_t>();
     const vismp::Graph<scalar_t> graph = graph_pointers<scalar_t>(in.graph);
+    scalar_t* gg = grad_gate.data_ptr<scalar_t>();
     scalar_t* gt = grad_target.data_ptr<scalar_t>();
     scalar_t* gs = grad_source.data_ptr<scalar_t>();
     scalar_t* gy = grad_harmonics.data_ptr<scalar_t>();
@@ -280,7 +290,8 @@ DihedralGrads dihedral_backward_cpu(const at::Tensor& grad, const at::Tensor& ro
           scalar_t* gye = gy + e * L;
           std::fill(gye, gye + L, scalar_t(0));
           vismp::for_channel_blocks(C, [&](auto width, int64_t c0) {
-            vismp::dihedral_edge_backward<decltype(width)::value>(p, gp, e, i, graph.senders[e], c0, acc + c0, C, gye);
+            vismp::dihedral_edge_backward<decltype(width)::value>(p, gp, e, i, graph.senders[e], c0, gg, acc + c0, C,
+                                                                  gye);
           });
         }
       }
@@ -291,7 +302,11 @@ DihedralGrads dihedral_backward_cpu(const at::Tensor& grad, const at::Tensor& ro
         std::fill(acc, acc + L * C, scalar_t(0));
         for (int64_t k = graph.col_ptr[j]; k < graph.col_ptr[j + 1]; ++k) {
           const int64_t e = graph.col_edges[k];
-          if (k + kPrefetchAhead < num_edges) prefetch_row(gp + graph.col_edges[k + kPrefetchAhead] * C, C);
+          if (k + kPrefetchAhead < num_edges) {
+            const int64_t ahead = graph.col_edges[k + kPrefetchAhead];
+            prefetch_row(gp + ahead * C, C);
+            prefetch_row(p.gate + ahead * C, C);
+          }
           vismp::for_channel_blocks(C, [&](auto width, int64_t c0) {
             vismp::dihedral_edge_backward_sender<decltype(width)::value>(p, gp, e, graph.receivers[e], c0, acc + c0, C);
           });
@@ -299,7 +314,7 @@ DihedralGrads dihedral_backward_cpu(const at::Tensor& grad, const at::Tensor& ro
       }
     });
   });
-  return {grad_target, grad_source, grad_harmonics};
+  return {grad_gate, grad_target, grad_source, grad_harmonics};
 }
 
 }  // namespace
@@ -429,12 +444,12 @@ TORCH_LIBRARY_FRAGMENT(viskrates, m) {
       "Tensor col_ptr, Tensor col_edges, Tensor? vectors, Tensor filters, Tensor harmonics, Tensor? weights) -> "
       "(Tensor grad_vectors, Tensor grad_filters, Tensor grad_harmonics, Tensor grad_weights)");
   m.def(
-      "vismp_dihedral(Tensor row_ptr, Tensor receivers, Tensor senders, Tensor col_ptr, Tensor col_edges, "
-      "Tensor target, Tensor source, Tensor harmonics) -> Tensor");
+      "vismp_edge_update(Tensor row_ptr, Tensor receivers, Tensor senders, Tensor col_ptr, Tensor col_edges, "
+      "Tensor edge_features, Tensor gate, Tensor target, Tensor source, Tensor harmonics) -> Tensor");
   m.def(
-      "vismp_dihedral_backward(Tensor grad, Tensor row_ptr, Tensor receivers, Tensor senders, Tensor col_ptr, "
-      "Tensor col_edges, Tensor target, Tensor source, Tensor harmonics) -> "
-      "(Tensor grad_target, Tensor grad_source, Tensor grad_harmonics)");
+      "vismp_edge_update_backward(Tensor grad, Tensor row_ptr, Tensor receivers, Tensor senders, Tensor col_ptr, "
+      "Tensor col_edges, Tensor gate, Tensor target, Tensor source, Tensor harmonics) -> "
+      "(Tensor grad_gate, Tensor grad_target, Tensor grad_source, Tensor grad_harmonics)");
   m.def(
       "vismp_attention(Tensor row_ptr, Tensor receivers, Tensor senders, Tensor col_ptr, Tensor col_edges, "
       "Tensor query, Tensor key, Tensor value, Tensor filters, Tensor weights, int num_heads) -> Tensor");
@@ -447,8 +462,8 @@ TORCH_LIBRARY_FRAGMENT(viskrates, m) {
 TORCH_LIBRARY_IMPL(viskrates, CPU, m) {
   m.impl("vismp_vector_message", &vector_message_cpu);
   m.impl("vismp_vector_message_backward", &vector_message_backward_cpu);
-  m.impl("vismp_dihedral", &dihedral_cpu);
-  m.impl("vismp_dihedral_backward", &dihedral_backward_cpu);
+  m.impl("vismp_edge_update", &dihedral_cpu);
+  m.impl("vismp_edge_update_backward", &dihedral_backward_cpu);
   m.impl("vismp_attention", &attention_cpu);
   m.impl("vismp_attention_backward", &attention_backward_cpu);
 }

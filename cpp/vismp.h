@@ -70,20 +70,27 @@ vismp::VectorMessage<T> vector_message_params(const VectorMessageInputs& in) {
           in.filters.size(1)};
 }
 
-// Checked, contiguous inputs of vismp_dihedral.
+// Checked, contiguous inputs of vismp_edge_update (edge_features undefined in the backward, which does not read it).
 struct DihedralInputs {
   VismpGraph graph;
-  at::Tensor target, source, harmonics;
+  at::Tensor edge_features, gate, target, source, harmonics;
   int64_t L = 0, C = 0;
 };
 
-DihedralInputs check_dihedral(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
-                              const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& target,
-                              const at::Tensor& source, const at::Tensor& harmonics);
+DihedralInputs check_dihedral(const char* op, const at::Tensor& row_ptr, const at::Tensor& receivers,
+                              const at::Tensor& senders, const at::Tensor& col_ptr, const at::Tensor& col_edges,
+                              const std::optional<at::Tensor>& edge_features, const at::Tensor& gate,
+                              const at::Tensor& target, const at::Tensor& source, const at::Tensor& harmonics);
 
 template <typename T>
 vismp::Dihedral<T> dihedral_params(const DihedralInputs& in) {
-  return {in.target.data_ptr<T>(), in.source.data_ptr<T>(), in.harmonics.data_ptr<T>(), in.L, in.C};
+  return {in.target.data_ptr<T>(),
+          in.source.data_ptr<T>(),
+          in.harmonics.data_ptr<T>(),
+          in.edge_features.defined() ? in.edge_features.data_ptr<T>() : nullptr,
+          in.gate.data_ptr<T>(),
+          in.L,
+          in.C};
 }
 
 // Checked inputs of vismp_attention: query, key, value contiguous; the edge filters [E, 2C] = (dk | dv) may be
@@ -112,6 +119,7 @@ vismp::Attention<T> attention_params(const AttentionInputs& in) {
 using AttentionGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 // (grad_vectors, grad_filters, grad_harmonics, grad_weights)
 using VectorMessageGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-using DihedralGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+// (grad_gate, grad_target, grad_source, grad_harmonics)
+using DihedralGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 }  // namespace viskrates

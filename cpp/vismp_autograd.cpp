@@ -44,30 +44,32 @@ class VectorMessageFunction : public torch::autograd::Function<VectorMessageFunc
   }
 };
 
-class DihedralFunction : public torch::autograd::Function<DihedralFunction> {
+class EdgeUpdateFunction : public torch::autograd::Function<EdgeUpdateFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& row_ptr, const at::Tensor& receivers,
                             const at::Tensor& senders, const at::Tensor& col_ptr, const at::Tensor& col_edges,
-                            const at::Tensor& target, const at::Tensor& source, const at::Tensor& harmonics) {
+                            const at::Tensor& edge_features, const at::Tensor& gate, const at::Tensor& target,
+                            const at::Tensor& source, const at::Tensor& harmonics) {
     static const auto op =
         find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&)>(
-            "viskrates::vismp_dihedral");
+                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const at::Tensor&, const at::Tensor&)>("viskrates::vismp_edge_update");
     at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->save_for_backward({row_ptr, receivers, senders, col_ptr, col_edges, target, source, harmonics});
-    return op.call(row_ptr, receivers, senders, col_ptr, col_edges, target, source, harmonics);
+    // the edge features enter linearly: their gradient is the upstream one and they need not be saved
+    ctx->save_for_backward({row_ptr, receivers, senders, col_ptr, col_edges, gate, target, source, harmonics});
+    return op.call(row_ptr, receivers, senders, col_ptr, col_edges, edge_features, gate, target, source, harmonics);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    check_no_double_backward("viskrates::vismp_dihedral", "ViSNet");
+    check_no_double_backward("viskrates::vismp_edge_update", "ViSNet");
     static const auto op =
         find_op<DihedralGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                               const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                              const at::Tensor&)>(
-            "viskrates::vismp_dihedral_backward");
+                              const at::Tensor&, const at::Tensor&)>("viskrates::vismp_edge_update_backward");
     const variable_list s = ctx->get_saved_variables();
-    auto [gt, gs, gy] = op.call(grad_outputs[0].contiguous(), s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]);
-    return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), gt, gs, gy};
+    const at::Tensor grad = grad_outputs[0].contiguous();
+    auto [gg, gt, gs, gy] = op.call(grad, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8]);
+    return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), grad, gg, gt, gs, gy};
   }
 };
 
@@ -117,17 +119,19 @@ at::Tensor vector_message_autograd(const at::Tensor& row_ptr, const at::Tensor& 
                                       weights);
 }
 
-at::Tensor dihedral_autograd(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
-                             const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& target,
-                             const at::Tensor& source, const at::Tensor& harmonics) {
-  return DihedralFunction::apply(row_ptr, receivers, senders, col_ptr, col_edges, target, source, harmonics);
+at::Tensor edge_update_autograd(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
+                                const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& edge_features,
+                                const at::Tensor& gate, const at::Tensor& target, const at::Tensor& source,
+                                const at::Tensor& harmonics) {
+  return EdgeUpdateFunction::apply(row_ptr, receivers, senders, col_ptr, col_edges, edge_features, gate, target,
+                                   source, harmonics);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(viskrates, Autograd, m) {
   m.impl("vismp_vector_message", &vector_message_autograd);
-  m.impl("vismp_dihedral", &dihedral_autograd);
+  m.impl("vismp_edge_update", &edge_update_autograd);
   m.impl("vismp_attention", &attention_autograd);
 }
 

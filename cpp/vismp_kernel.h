@@ -1,5 +1,5 @@
 // Kernel bodies of the fused ViS-MP ops viskrates::vismp_attention, viskrates::vismp_vector_message and
-// viskrates::vismp_dihedral (DESIGN.md §4: one kernel body, two launchers).
+// viskrates::vismp_edge_update (DESIGN.md §4: one kernel body, two launchers).
 //
 // Each function handles one edge e and W consecutive channels (W a template constant): the CPU launcher
 // (cpp/vismp.cpp) walks a receiver's edges in blocks of 16 channels, so the innermost loops run over
@@ -147,16 +147,20 @@ VISKRATES_HD void vector_message_edge_backward_sender(const VectorMessage<T>& p,
   }
 }
 
-// ---- dihedral term: r_e[c] = Σ_m t_i[m,c]·s_j[m,c] − (t_i·Y)(s_j·Y)(2 − Y·Y) ---------------------------------
-// (the channel-wise inner product of the vector rejections of t_i = W_trg v̂_i and s_j = W_src v̂_j from Y_e,
-// expanded as in viskrates.nn.vismp.rejection_inner_product). For lmax = 2 (L = 8) Y·Y = 2 for every edge, so
-// the correction vanishes identically and only t·s is evaluated, as the reference does.
+// ---- edge update: f'_e[c] = f_e[c] + gate_e[c]·r_e[c], with the dihedral term -----------------------------------
+// r_e[c] = Σ_m t_i[m,c]·s_j[m,c] − (t_i·Y)(s_j·Y)(2 − Y·Y) (the channel-wise inner product of the vector rejections
+// of t_i = W_trg v̂_i and s_j = W_src v̂_j from Y_e, expanded as in viskrates.nn.vismp.rejection_inner_product). For
+// lmax = 2 (L = 8) Y·Y = 2 for every edge, so the correction vanishes identically and only t·s is evaluated, as the
+// reference does. The gate (SiLU of a projection of f, computed by torch) and the residual are applied here so that
+// r never exists as an [E, C] tensor and the update costs no elementwise passes over [E, C] tensors.
 
 template <typename T>
 struct Dihedral {
-  const T* target;     // [N, L, C] t
-  const T* source;     // [N, L, C] s
-  const T* harmonics;  // [E, L] Y
+  const T* target;         // [N, L, C] t
+  const T* source;         // [N, L, C] s
+  const T* harmonics;      // [E, L] Y
+  const T* edge_features;  // [E, C] f (read by the forward only)
+  const T* gate;           // [E, C]
   int64_t L, C;
 };
 
@@ -185,35 +189,51 @@ VISKRATES_HD void dihedral_projections(const Dihedral<T>& p, const T* y, const T
   }
 }
 
-// out[e * C + c0 + w] = r_e[c0 + w].
+// r[w] = r_e[c0 + w] for edge e (receiver i, sender j); with the rejection correction (L < 8) also the
+// projections ty, sy and the excess 2 − Y·Y the backward reuses.
 template <int W, typename T>
-VISKRATES_HD void dihedral_edge(const Dihedral<T>& p, int64_t e, int64_t i, int64_t j, int64_t c0, T* out) {
+VISKRATES_HD void dihedral_value(const Dihedral<T>& p, int64_t e, int64_t i, int64_t j, int64_t c0, T* r, T* ty, T* sy,
+                                 T* excess) {
   const T* t = p.target + i * p.L * p.C + c0;
   const T* s = p.source + j * p.L * p.C + c0;
-  T ts[W];
-  for (int w = 0; w < W; ++w) ts[w] = T(0);
+  for (int w = 0; w < W; ++w) r[w] = T(0);
   for (int64_t m = 0; m < p.L; ++m) {
-    for (int w = 0; w < W; ++w) ts[w] += t[m * p.C + w] * s[m * p.C + w];
+    for (int w = 0; w < W; ++w) r[w] += t[m * p.C + w] * s[m * p.C + w];
   }
-  if (!dihedral_has_rejection(p)) {
-    for (int w = 0; w < W; ++w) out[e * p.C + c0 + w] = ts[w];
-    return;
-  }
-  const T* y = p.harmonics + e * p.L;
-  const T excess = dihedral_excess(p, e);
-  T ty[W], sy[W];
-  dihedral_projections<W>(p, y, t, s, ty, sy);
-  for (int w = 0; w < W; ++w) out[e * p.C + c0 + w] = ts[w] - ty[w] * sy[w] * excess;
+  if (!dihedral_has_rejection(p)) return;
+  *excess = dihedral_excess(p, e);
+  dihedral_projections<W>(p, p.harmonics + e * p.L, t, s, ty, sy);
+  for (int w = 0; w < W; ++w) r[w] -= ty[w] * sy[w] * *excess;
 }
 
-// Receiver pass of the backward, upstream gradient g = dL/dr [E, C]: acc[m * ld + w] += dL/dt_i[m, c0 + w]
-// contribution of edge e, and gy[m] += these channels' share of dL/dY_e[m].
+// out[e * C + c0 + w] = f'_e[c0 + w].
+template <int W, typename T>
+VISKRATES_HD void dihedral_edge(const Dihedral<T>& p, int64_t e, int64_t i, int64_t j, int64_t c0, T* out) {
+  T r[W], ty[W], sy[W], excess;
+  dihedral_value<W>(p, e, i, j, c0, r, ty, sy, &excess);
+  const T* f = p.edge_features + e * p.C + c0;
+  const T* gate = p.gate + e * p.C + c0;
+  for (int w = 0; w < W; ++w) out[e * p.C + c0 + w] = f[w] + gate[w] * r[w];
+}
+
+// Receiver pass of the backward, upstream gradient g = dL/df' [E, C] (dL/df = g needs no kernel): writes
+// dL/dgate_e = g·r for channels c0 .. c0+W-1 (grad_gate [E, C]), adds edge e's contribution to dL/dt_i[m, c0 + w]
+// into acc[m * ld + w] and these channels' share of dL/dY_e[m] to gy[m].
 template <int W, typename T>
 VISKRATES_HD void dihedral_edge_backward(const Dihedral<T>& p, const T* g, int64_t e, int64_t i, int64_t j, int64_t c0,
-                                         T* VISKRATES_RESTRICT acc, int64_t ld, T* VISKRATES_RESTRICT gy) {
+                                         T* VISKRATES_RESTRICT grad_gate, T* VISKRATES_RESTRICT acc, int64_t ld,
+                                         T* VISKRATES_RESTRICT gy) {
   const T* t = p.target + i * p.L * p.C + c0;
   const T* s = p.source + j * p.L * p.C + c0;
-  const T* gc = g + e * p.C + c0;
+  const T* ge = g + e * p.C + c0;
+  const T* gate = p.gate + e * p.C + c0;
+  T r[W], ty[W], sy[W], excess;
+  dihedral_value<W>(p, e, i, j, c0, r, ty, sy, &excess);
+  T gc[W];  // dL/dr
+  for (int w = 0; w < W; ++w) {
+    grad_gate[e * p.C + c0 + w] = ge[w] * r[w];
+    gc[w] = ge[w] * gate[w];
+  }
   if (!dihedral_has_rejection(p)) {
     for (int64_t m = 0; m < p.L; ++m) {
       T* a = acc + m * ld;
@@ -223,9 +243,7 @@ VISKRATES_HD void dihedral_edge_backward(const Dihedral<T>& p, const T* g, int64
     return;
   }
   const T* y = p.harmonics + e * p.L;
-  const T excess = dihedral_excess(p, e);
-  T ty[W], sy[W], gsy[W], gty[W];
-  dihedral_projections<W>(p, y, t, s, ty, sy);
+  T gsy[W], gty[W];
   T ab = T(0);  // Σ_c g·(t·Y)(s·Y), for the Y dependence of the excess 2 − Y·Y
   for (int w = 0; w < W; ++w) {
     gsy[w] = gc[w] * excess * sy[w];
@@ -251,7 +269,10 @@ template <int W, typename T>
 VISKRATES_HD void dihedral_edge_backward_sender(const Dihedral<T>& p, const T* g, int64_t e, int64_t i, int64_t c0,
                                                 T* VISKRATES_RESTRICT acc, int64_t ld) {
   const T* t = p.target + i * p.L * p.C + c0;
-  const T* gc = g + e * p.C + c0;
+  const T* ge = g + e * p.C + c0;
+  const T* gate = p.gate + e * p.C + c0;
+  T gc[W];  // dL/dr
+  for (int w = 0; w < W; ++w) gc[w] = ge[w] * gate[w];
   if (!dihedral_has_rejection(p)) {
     for (int64_t m = 0; m < p.L; ++m) {
       T* a = acc + m * ld;

@@ -94,7 +94,7 @@ __global__ void dihedral_kernel(const vismp::Graph<T> graph, int64_t n, const vi
 
 template <typename T>
 __global__ void dihedral_receivers_backward_kernel(const vismp::Graph<T> graph, int64_t n, const vismp::Dihedral<T> p,
-                                                   const T* g, T* grad_target, T* grad_harmonics) {
+                                                   const T* g, T* grad_gate, T* grad_target, T* grad_harmonics) {
   const int64_t i = warp_atom();
   if (i >= n) return;  // uniform per warp
   for (int64_t e = graph.row_ptr[i]; e < graph.row_ptr[i + 1]; ++e) {
@@ -102,7 +102,8 @@ __global__ void dihedral_receivers_backward_kernel(const vismp::Graph<T> graph, 
     for (int m = 0; m < p.L; ++m) gy[m] = T(0);
     // grad_target[i] is owned by this warp, each of its elements by one lane
     for (int64_t c = lane(); c < p.C; c += kWarp) {
-      vismp::dihedral_edge_backward<1>(p, g, e, i, graph.senders[e], c, grad_target + i * p.L * p.C + c, p.C, gy);
+      vismp::dihedral_edge_backward<1>(p, g, e, i, graph.senders[e], c, grad_gate, grad_target + i * p.L * p.C + c,
+                                       p.C, gy);
     }
     for (int m = 0; m < p.L; ++m) gy[m] = warp_sum(gy[m]);
     if (lane() == 0) {
@@ -216,9 +217,10 @@ cudaError_t launch_dihedral(const vismp::Graph<T>& graph, int64_t n, const vismp
 
 template <typename T>
 cudaError_t launch_dihedral_backward(const vismp::Graph<T>& graph, int64_t n, const vismp::Dihedral<T>& p, const T* g,
-                                     T* grad_target, T* grad_source, T* grad_harmonics, cudaStream_t stream) {
-  dihedral_receivers_backward_kernel<T><<<num_blocks(n), kThreads, 0, stream>>>(graph, n, p, g, grad_target,
-                                                                                grad_harmonics);
+                                     T* grad_gate, T* grad_target, T* grad_source, T* grad_harmonics,
+                                     cudaStream_t stream) {
+  dihedral_receivers_backward_kernel<T><<<num_blocks(n), kThreads, 0, stream>>>(graph, n, p, g, grad_gate,
+                                                                                grad_target, grad_harmonics);
   cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) return status;
   dihedral_senders_backward_kernel<T><<<num_blocks(n), kThreads, 0, stream>>>(graph, n, p, g, grad_source);
@@ -234,7 +236,7 @@ cudaError_t launch_dihedral_backward(const vismp::Graph<T>& graph, int64_t n, co
   template cudaError_t launch_dihedral<T>(const vismp::Graph<T>&, int64_t, const vismp::Dihedral<T>&, T*,            \
                                           cudaStream_t);                                                             \
   template cudaError_t launch_dihedral_backward<T>(const vismp::Graph<T>&, int64_t, const vismp::Dihedral<T>&,       \
-                                                   const T*, T*, T*, T*, cudaStream_t);                            \
+                                                   const T*, T*, T*, T*, T*, cudaStream_t);                        \
   template cudaError_t launch_attention<T>(const vismp::Graph<T>&, int64_t, int64_t, const vismp::Attention<T>&, T*, \
                                            cudaStream_t);                                                            \
   template cudaError_t launch_attention_backward<T>(const vismp::Graph<T>&, int64_t, int64_t,                        \

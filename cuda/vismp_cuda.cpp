@@ -66,44 +66,49 @@ VectorMessageGrads vector_message_backward_cuda(const at::Tensor& grad, const at
 }
 
 at::Tensor dihedral_cuda(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
-                         const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& target,
-                         const at::Tensor& source, const at::Tensor& harmonics) {
+                         const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& edge_features,
+                         const at::Tensor& gate, const at::Tensor& target, const at::Tensor& source,
+                         const at::Tensor& harmonics) {
   const c10::cuda::CUDAGuard guard(target.device());
-  const DihedralInputs in = check_dihedral(row_ptr, receivers, senders, col_ptr, col_edges, target, source, harmonics);
+  const DihedralInputs in = check_dihedral("viskrates::vismp_edge_update", row_ptr, receivers, senders, col_ptr,
+                                           col_edges, edge_features, gate, target, source, harmonics);
   const int64_t n = in.graph.num_nodes;
   at::Tensor out = at::empty({in.graph.num_edges, in.C}, in.target.options());
   if (n == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(in.target.scalar_type(), "vismp_dihedral_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(in.target.scalar_type(), "vismp_edge_update_cuda", [&] {
     const vismp::Dihedral<scalar_t> p = dihedral_params<scalar_t>(in);
     check_launch(cuda::launch_dihedral<scalar_t>(graph_pointers<scalar_t>(in.graph), n, p, out.data_ptr<scalar_t>(),
                                                  stream_of(out)),
-                 "viskrates::vismp_dihedral");
+                 "viskrates::vismp_edge_update");
   });
   return out;
 }
 
 DihedralGrads dihedral_backward_cuda(const at::Tensor& grad, const at::Tensor& row_ptr, const at::Tensor& receivers,
                                      const at::Tensor& senders, const at::Tensor& col_ptr, const at::Tensor& col_edges,
-                                     const at::Tensor& target, const at::Tensor& source, const at::Tensor& harmonics) {
+                                     const at::Tensor& gate, const at::Tensor& target, const at::Tensor& source,
+                                     const at::Tensor& harmonics) {
   const c10::cuda::CUDAGuard guard(target.device());
-  const DihedralInputs in = check_dihedral(row_ptr, receivers, senders, col_ptr, col_edges, target, source, harmonics);
+  const char* op = "viskrates::vismp_edge_update_backward";
+  const DihedralInputs in = check_dihedral(op, row_ptr, receivers, senders, col_ptr, col_edges, std::nullopt, gate,
+                                           target, source, harmonics);
   const int64_t n = in.graph.num_nodes;
-  const at::Tensor g = check_vismp_features("viskrates::vismp_dihedral_backward", "grad", grad,
-                                            {in.graph.num_edges, in.C}, in.target);
+  const at::Tensor g = check_vismp_features(op, "grad", grad, {in.graph.num_edges, in.C}, in.target);
+  at::Tensor grad_gate = at::empty({in.graph.num_edges, in.C}, g.options());
   at::Tensor grad_target = at::zeros({n, in.L, in.C}, g.options());  // accumulated in place by the kernel
   at::Tensor grad_source = at::empty({n, in.L, in.C}, g.options());
   at::Tensor grad_harmonics = at::empty({in.graph.num_edges, in.L}, g.options());
   if (n > 0) {
-    AT_DISPATCH_FLOATING_TYPES(in.target.scalar_type(), "vismp_dihedral_backward_cuda", [&] {
+    AT_DISPATCH_FLOATING_TYPES(in.target.scalar_type(), "vismp_edge_update_backward_cuda", [&] {
       const vismp::Dihedral<scalar_t> p = dihedral_params<scalar_t>(in);
-      check_launch(cuda::launch_dihedral_backward<scalar_t>(graph_pointers<scalar_t>(in.graph), n, p,
-                                                            g.data_ptr<scalar_t>(), grad_target.data_ptr<scalar_t>(),
-                                                            grad_source.data_ptr<scalar_t>(),
-                                                            grad_harmonics.data_ptr<scalar_t>(), stream_of(g)),
-                   "viskrates::vismp_dihedral_backward");
+      check_launch(cuda::launch_dihedral_backward<scalar_t>(
+                       graph_pointers<scalar_t>(in.graph), n, p, g.data_ptr<scalar_t>(), grad_gate.data_ptr<scalar_t>(),
+                       grad_target.data_ptr<scalar_t>(), grad_source.data_ptr<scalar_t>(),
+                       grad_harmonics.data_ptr<scalar_t>(), stream_of(g)),
+                   op);
     });
   }
-  return {grad_target, grad_source, grad_harmonics};
+  return {grad_gate, grad_target, grad_source, grad_harmonics};
 }
 
 at::Tensor attention_cuda(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
@@ -161,8 +166,8 @@ TORCH_LIBRARY_IMPL(viskrates, CUDA, m) {
   m.impl("vismp_attention_backward", &attention_backward_cuda);
   m.impl("vismp_vector_message", &vector_message_cuda);
   m.impl("vismp_vector_message_backward", &vector_message_backward_cuda);
-  m.impl("vismp_dihedral", &dihedral_cuda);
-  m.impl("vismp_dihedral_backward", &dihedral_backward_cuda);
+  m.impl("vismp_edge_update", &dihedral_cuda);
+  m.impl("vismp_edge_update_backward", &dihedral_backward_cuda);
 }
 
 }  // namespace viskrates

@@ -25,15 +25,17 @@ cudaError_t launch_vector_message_backward(const vismp::Graph<T>& graph, int64_t
                                            const T* g, T* grad_vectors, T* grad_scale, T* grad_shift,
                                            T* grad_harmonics, T* grad_weights, cudaStream_t stream);
 
-// out [E, C] = r.
+// out [E, C] = f' = f + gate·r.
 template <typename T>
 cudaError_t launch_dihedral(const vismp::Graph<T>& graph, int64_t n, const vismp::Dihedral<T>& p, T* out,
                             cudaStream_t stream);
 
-// grad_target (must be zero on entry), grad_source [N, L, C], grad_harmonics [E, L] from g = dL/dr.
+// grad_gate [E, C], grad_target (must be zero on entry), grad_source [N, L, C], grad_harmonics [E, L] from
+// g = dL/df'.
 template <typename T>
 cudaError_t launch_dihedral_backward(const vismp::Graph<T>& graph, int64_t n, const vismp::Dihedral<T>& p, const T* g,
-                                     T* grad_target, T* grad_source, T* grad_harmonics, cudaStream_t stream);
+                                     T* grad_gate, T* grad_target, T* grad_source, T* grad_harmonics,
+                                     cudaStream_t stream);
 
 // out [E, C] = attention messages m. One thread per (receiver, head).
 template <typename T>

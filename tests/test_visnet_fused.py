@@ -1,4 +1,4 @@
-"""Fused ViS-MP kernels (viskrates.ops.vismp_attention, vismp_vector_message, vismp_dihedral) and
+"""Fused ViS-MP kernels (viskrates.ops.vismp_attention, vismp_vector_message, vismp_edge_update) and
 ViSNet(backend='fused').
 
 The ops are checked against their pure-PyTorch references (forward and gradients, float64, random graphs
@@ -82,12 +82,13 @@ def test_vector_message_matches_reference(channels, components, with_vectors, wi
 
 @pytest.mark.parametrize("channels", [5, 37])
 @pytest.mark.parametrize("components", [3, 8])
-def test_dihedral_matches_reference(channels, components):
+def test_edge_update_matches_reference(channels, components):
     graph = random_graph(9, seed=channels * components)
     n, e = 9, graph[1].shape[0]
-    inputs = (leaf(n, components, channels, seed=1), leaf(n, components, channels, seed=2),
-              leaf(e, components, seed=3))
-    compare(lambda *x: ops.vismp_dihedral(*graph, *x), lambda *x: ops.vismp_dihedral_reference(*graph, *x), inputs)
+    inputs = (leaf(e, channels, seed=4), leaf(e, channels, seed=5), leaf(n, components, channels, seed=1),
+              leaf(n, components, channels, seed=2), leaf(e, components, seed=3))
+    compare(lambda *x: ops.vismp_edge_update(*graph, *x), lambda *x: ops.vismp_edge_update_reference(*graph, *x),
+            inputs)
 
 
 @pytest.mark.parametrize("channels, heads", [(8, 2), (64, 8), (6, 1)])
@@ -105,7 +106,8 @@ def test_attention_matches_reference(channels, heads):
 
 
 def test_dihedral_of_unit_harmonics_is_rejection_product():
-    """For unit Y (lmax 1) the op is the inner product of the true vector rejections."""
+    """For unit Y (lmax 1) the op's dihedral term (zero residual, unit gate) is the inner product of the true vector
+    rejections."""
     graph = random_graph(6, seed=3)
     n, e = 6, graph[1].shape[0]
     t, s = leaf(n, 3, 4, seed=1).detach(), leaf(n, 3, 4, seed=2).detach()
@@ -113,7 +115,9 @@ def test_dihedral_of_unit_harmonics_is_rejection_product():
     ti, sj = t[graph[1]], s[graph[2]]
     w1 = ti - (ti * y.unsqueeze(-1)).sum(1, keepdim=True) * y.unsqueeze(-1)
     w2 = sj - (sj * y.unsqueeze(-1)).sum(1, keepdim=True) * y.unsqueeze(-1)
-    torch.testing.assert_close(ops.vismp_dihedral(*graph, t, s, y), (w1 * w2).sum(1), rtol=1e-12, atol=1e-12)
+    zero, one = torch.zeros(e, 4, dtype=F64), torch.ones(e, 4, dtype=F64)
+    torch.testing.assert_close(ops.vismp_edge_update(*graph, zero, one, t, s, y), (w1 * w2).sum(1), rtol=1e-12,
+                               atol=1e-12)
 
 
 def test_dihedral_lmax2_equals_full_expansion():
@@ -128,11 +132,14 @@ def test_dihedral_lmax2_equals_full_expansion():
     y = spherical_harmonics(units, 2)
     t, s = leaf(n, 8, 4, seed=1), leaf(n, 8, 4, seed=2)
 
+    f, gate = leaf(e, 4, seed=4).detach(), leaf(e, 4, seed=5).detach()
+
     def full(t, s):
         ti, sj, ye = t[graph[1]], s[graph[2]], y.unsqueeze(-1)
-        return (ti * sj).sum(1) - (ti * ye).sum(1) * (sj * ye).sum(1) * (2.0 - (y * y).sum(1, keepdim=True))
+        dihedral = (ti * sj).sum(1) - (ti * ye).sum(1) * (sj * ye).sum(1) * (2.0 - (y * y).sum(1, keepdim=True))
+        return f + gate * dihedral
 
-    compare(lambda t, s: ops.vismp_dihedral(*graph, t, s, y), full, (t, s))
+    compare(lambda t, s: ops.vismp_edge_update(*graph, f, gate, t, s, y), full, (t, s))
 
 
 def test_gradcheck():
@@ -143,16 +150,18 @@ def test_gradcheck():
     args = (leaf(e, 3, seed=3), leaf(e, 3, seed=4))
     assert torch.autograd.gradcheck(lambda *x: ops.vismp_vector_message(*graph, None, *x, None), args)
     for components in (3, 8):
-        args = (leaf(n, components, 3, seed=6), leaf(n, components, 3, seed=7), leaf(e, components, seed=8))
-        assert torch.autograd.gradcheck(lambda *x: ops.vismp_dihedral(*graph, *x), args)
+        args = (leaf(e, 3, seed=15), leaf(e, 3, seed=16), leaf(n, components, 3, seed=6),
+                leaf(n, components, 3, seed=7), leaf(e, components, seed=8))
+        assert torch.autograd.gradcheck(lambda *x: ops.vismp_edge_update(*graph, *x), args)
     args = (leaf(n, 4, seed=9), leaf(n, 4, seed=10), leaf(n, 4, seed=11), leaf(e, 8, seed=12), leaf(e, seed=14))
     assert torch.autograd.gradcheck(lambda *x: ops.vismp_attention(*graph, *x, 2), args)
 
 
 def test_double_backward_raises():
     graph = random_graph(5, seed=2)
-    t, s, y = leaf(5, 3, 4, seed=1), leaf(5, 3, 4, seed=2), leaf(graph[1].shape[0], 3, seed=3)
-    out = ops.vismp_dihedral(*graph, t, s, y).sum()
+    e = graph[1].shape[0]
+    t, s, y = leaf(5, 3, 4, seed=1), leaf(5, 3, 4, seed=2), leaf(e, 3, seed=3)
+    out = ops.vismp_edge_update(*graph, leaf(e, 4, seed=4), leaf(e, 4, seed=5), t, s, y).sum()
     with pytest.raises(RuntimeError, match="double backward"):
         torch.autograd.grad(out, t, create_graph=True)
 
@@ -167,8 +176,13 @@ def test_bad_inputs_raise_value_error():
         ops.vismp_vector_message(*graph, torch.zeros(5, 3, 8, dtype=F64), torch.zeros(e, 8, dtype=F64),
                                  torch.zeros(e, 3, dtype=F64), None)
     with pytest.raises(ValueError, match="harmonic components"):
-        ops.vismp_dihedral(*graph, torch.zeros(5, 9, 2, dtype=F64), torch.zeros(5, 9, 2, dtype=F64),
-                           torch.zeros(e, 9, dtype=F64))
+        ops.vismp_edge_update(*graph, torch.zeros(e, 2, dtype=F64), torch.zeros(e, 2, dtype=F64),
+                              torch.zeros(5, 9, 2, dtype=F64), torch.zeros(5, 9, 2, dtype=F64),
+                              torch.zeros(e, 9, dtype=F64))
+    with pytest.raises(ValueError, match="gate has shape"):
+        ops.vismp_edge_update(*graph, torch.zeros(e, 2, dtype=F64), torch.zeros(e, 3, dtype=F64),
+                              torch.zeros(5, 3, 2, dtype=F64), torch.zeros(5, 3, 2, dtype=F64),
+                              torch.zeros(e, 3, dtype=F64))
     with pytest.raises(ValueError, match="num_heads"):
         x = torch.zeros(5, 6, dtype=F64)
         ops.vismp_attention(*graph, x, x, x, torch.zeros(e, 12, dtype=F64), torch.zeros(e, dtype=F64), 4)

@@ -216,39 +216,45 @@ def vismp_vector_message(row_ptr: Tensor, receivers: Tensor, senders: Tensor, co
                                                     harmonics, weights)
 
 
-def vismp_dihedral_reference(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr: Tensor,
-                             col_edges: Tensor, target: Tensor, source: Tensor, harmonics: Tensor) -> Tensor:
-    """ViS-MP dihedral term per edge: ``r_e[c] = Σ_m t_i[m,c]·s_j[m,c] − (t_i·Y_e)[c]·(s_j·Y_e)[c]·(2 − Y_e·Y_e)``,
-    the channel-wise inner product of the rejections of ``t_i`` and ``s_j`` from Y_e as PyG computes it
-    (see :func:`viskrates.nn.vismp.rejection_inner_product`; README "Equations" §3, "Edge update"). For L = 8
-    (lmax 2) only ``Σ_m t_i[m,c]·s_j[m,c]`` is evaluated: these harmonics have Y·Y = 2, so the correction vanishes.
+def vismp_edge_update_reference(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr: Tensor,
+                                col_edges: Tensor, edge_features: Tensor, gate: Tensor, target: Tensor, source: Tensor,
+                                harmonics: Tensor) -> Tensor:
+    """ViS-MP edge update ``f'_e = f_e + gate_e ⊙ r_e`` with the dihedral term
+    ``r_e[c] = Σ_m t_i[m,c]·s_j[m,c] − (t_i·Y_e)[c]·(s_j·Y_e)[c]·(2 − Y_e·Y_e)``, the channel-wise inner product of
+    the rejections of ``t_i`` and ``s_j`` from Y_e as PyG computes it (see
+    :func:`viskrates.nn.vismp.rejection_inner_product`; README "Equations" §3, "Edge update"). For L = 8 (lmax 2)
+    only ``Σ_m t_i[m,c]·s_j[m,c]`` is evaluated: these harmonics have Y·Y = 2, so the correction vanishes.
 
     Args:
         row_ptr, receivers, senders, col_ptr, col_edges: graph, see :func:`vismp_graph` (receivers and
             senders are used here).
+        edge_features: [E, C] f.
+        gate: [E, C] ``SiLU(Lin_f(f))``.
         target: [N, L, C] ``W_trg v̂`` (per atom, gathered by receiver).
         source: [N, L, C] ``W_src v̂`` (per atom, gathered by sender).
         harmonics: [E, L] Y (L <= 8).
 
     Returns:
-        [E, C], dtype of ``target``.
+        [E, C] f', dtype of ``target``.
     """
     from .nn.vismp import rejection_inner_product  # nn.vismp builds on this module
 
-    return rejection_inner_product(target.index_select(0, receivers), source.index_select(0, senders), harmonics)
+    dihedral = rejection_inner_product(target.index_select(0, receivers), source.index_select(0, senders), harmonics)
+    return edge_features + gate * dihedral
 
 
-def vismp_dihedral(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr: Tensor, col_edges: Tensor,
-                   target: Tensor, source: Tensor, harmonics: Tensor) -> Tensor:
-    """Fused :func:`vismp_dihedral_reference` (``torch.ops.viskrates.vismp_dihedral``) without gathering
-    [E, L, C] copies of ``target`` and ``source``. Same arguments and result; float32/float64, CPU or CUDA.
-    C++ backward to target, source and harmonics (deterministic); no double backward.
+def vismp_edge_update(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr: Tensor, col_edges: Tensor,
+                      edge_features: Tensor, gate: Tensor, target: Tensor, source: Tensor, harmonics: Tensor) -> Tensor:
+    """Fused :func:`vismp_edge_update_reference` (``torch.ops.viskrates.vismp_edge_update``): the dihedral term,
+    gate and residual in one pass per receiver, without gathering [E, L, C] copies of ``target`` and ``source``
+    or forming r as an [E, C] tensor. Same arguments and result; float32/float64, CPU or CUDA. C++ backward to
+    edge_features, gate, target, source and harmonics (deterministic); no double backward.
 
     Raises:
         ValueError: inconsistent shapes, dtypes or devices, or more than 8 harmonic components.
     """
-    return torch.ops.viskrates.vismp_dihedral(row_ptr, receivers, senders, col_ptr, col_edges, target, source,
-                                              harmonics)
+    return torch.ops.viskrates.vismp_edge_update(row_ptr, receivers, senders, col_ptr, col_edges, edge_features, gate,
+                                                 target, source, harmonics)
 
 
 def vismp_attention_reference(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr: Tensor,

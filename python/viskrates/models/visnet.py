@@ -20,9 +20,9 @@ Differences from PyG, by design:
 
 Execution paths (DESIGN.md §3): ``backend='reference'`` (default) runs plain PyTorch ops;
 ``backend='fused'`` computes the per-edge geometry (harmonics, cosine cutoff, radial features) in one pass
-with ``viskrates.ops.rgc_geometry`` and the attention messages, the vector messages and the dihedral term
+with ``viskrates.ops.rgc_geometry`` and the attention messages, the vector messages and the edge update
 of every ViS-MP layer with the fused kernels ``viskrates.ops.vismp_attention``, ``vismp_vector_message``
-and ``vismp_dihedral`` (no gathered per-edge copies of atom features, no [E, L, C] intermediates, C++
+and ``vismp_edge_update`` (no gathered per-edge copies of atom features, no [E, L, C] intermediates, C++
 backward, CPU and CUDA). Both give the same energies and forces to rounding; the fused
 backward is not differentiable again, so training on forces needs the reference backend.
 """

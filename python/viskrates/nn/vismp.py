@@ -17,8 +17,8 @@ The pieces a fused kernel will replace are kept apart, each a plain function:
 
 The ``fused`` backend replaces these stages by the kernels ``viskrates.ops.vismp_attention`` (scalar
 messages), ``vismp_vector_message`` (vector messages summed per receiver, no [E, L, C] intermediate) and
-``vismp_dihedral`` (dihedral term): see :func:`scalar_messages`, :func:`aggregate_vector_messages` and
-:func:`dihedral_term`, which take either path.
+``vismp_edge_update`` (dihedral term, gate and residual of the edge update): see :func:`scalar_messages`,
+:func:`aggregate_vector_messages` and :func:`edge_update`, which take either path.
 
 The angle term needs no per-edge work: ``Σ_m (W₁v_i)[m]·(W₂v_i)[m]`` is a per-atom inner product of
 the vector features, which already hold the (weighted) sums of direction units of the neighbours.
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import vismp_attention, vismp_dihedral, vismp_vector_message
+from ..ops import vismp_attention, vismp_edge_update, vismp_vector_message
 
 
 def edge_directions(edge_vectors: Tensor, receivers: Tensor, senders: Tensor) -> Tuple[Tensor, Tensor]:
@@ -229,24 +229,30 @@ def aggregate_vector_messages(vectors: Optional[Tensor], filters: Tensor, harmon
                                 edge_weights)
 
 
-def dihedral_term(target: Tensor, source: Tensor, harmonics: Tensor, receivers: Tensor, senders: Tensor,
-                  graph: Optional[Tuple[Tensor, Tensor, Tensor]]) -> Tensor:
-    """Dihedral term ``Σ_m w1[m]·w2[m]`` of the ViS-MP edge update for every edge (see
-    :func:`rejection_inner_product`), from the per-atom projections.
+def edge_update(edge_features: Tensor, gate: Tensor, target: Tensor, source: Tensor, harmonics: Tensor,
+                receivers: Tensor, senders: Tensor, graph: Optional[Tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+    """ViS-MP edge update ``f + gate ⊙ Σ_m w1[m]·w2[m]`` for every edge, the dihedral term from the per-atom
+    projections (see :func:`rejection_inner_product`).
 
     Args:
+        edge_features: [E, C] f.
+        gate: [E, C] ``SiLU(Lin_f(f))``.
         target: [N, L, C] ``W_trg v̂`` (taken at the receiver).
         source: [N, L, C] ``W_src v̂`` (taken at the sender).
         harmonics: [E, L]; receivers, senders: [E] int64.
         graph: None (reference path) or ``(row_ptr, col_ptr, col_edges)`` for the fused kernel.
 
     Returns:
-        [E, C].
+        [E, C] updated edge features.
     """
     if graph is None:
-        return rejection_inner_product(target.index_select(0, receivers), source.index_select(0, senders), harmonics)
+        dihedral = rejection_inner_product(target.index_select(0, receivers), source.index_select(0, senders),
+                                           harmonics)
+        # not addcmul: its backward multiplies both gradients by the scalar `value` in two more [E, C] passes
+        return edge_features + gate * dihedral
     row_ptr, col_ptr, col_edges = graph
-    return vismp_dihedral(row_ptr, receivers, senders, col_ptr, col_edges, target, source, harmonics)
+    return vismp_edge_update(row_ptr, receivers, senders, col_ptr, col_edges, edge_features, gate, target, source,
+                             harmonics)
 
 
 def xavier_blocks(linear: nn.Linear, blocks: List[int]) -> None:
@@ -334,7 +340,7 @@ class ViSMPLayer(nn.Module):
         """One layer. ``vectors_are_zero`` (first layer) skips every term that multiplies v = 0, which
         gives the same numbers; ``vector_cutoff`` multiplies the vector messages by φ (not in PyG);
         ``graph`` = ``(row_ptr, col_ptr, col_edges)`` (:func:`viskrates.ops.vismp_graph`, receiver-sorted
-        edges) selects the fused kernels for the messages and the dihedral term."""
+        edges) selects the fused kernels for the messages and the edge update."""
         c = self.hidden_channels
         num_nodes = x.shape[0]
         # stacked outputs are cut with split (not slices): its backward concatenates the gradients
@@ -366,9 +372,8 @@ class ViSMPLayer(nn.Module):
         dx = (projected[0] * projected[1]).sum(1) * o2 + o3
         dv = projected[2] * o1.unsqueeze(1) + aggregated
         if self.update_edges:
-            dihedral = dihedral_term(projected[3], projected[4], harmonics, receivers, senders, graph)
             # with v = 0 (first layer) the update vanishes, so the gate rows (the last C) are evaluated only here
             gate = F.silu(F.linear(edge_features, self.edge_proj.weight[2 * c:], self.edge_proj.bias[2 * c:]))
-            # not addcmul: its backward multiplies both gradients by the scalar `value` in two more [E, C] passes
-            edge_features = edge_features + gate * dihedral
+            edge_features = edge_update(edge_features, gate, projected[3], projected[4], harmonics, receivers, senders,
+                                        graph)
         return x + dx, vectors + dv, edge_features
