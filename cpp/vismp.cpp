@@ -346,42 +346,47 @@ AttentionInputs check_attention(const at::Tensor& row_ptr, const at::Tensor& rec
 
 namespace {
 
-at::Tensor attention_cpu(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
-                         const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& query,
-                         const at::Tensor& key, const at::Tensor& value, const at::Tensor& filters,
-                         const at::Tensor& weights, int64_t num_heads) {
+std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& row_ptr, const at::Tensor& receivers,
+                                                 const at::Tensor& senders, const at::Tensor& col_ptr,
+                                                 const at::Tensor& col_edges, const at::Tensor& query,
+                                                 const at::Tensor& key, const at::Tensor& value,
+                                                 const at::Tensor& filters, const at::Tensor& weights,
+                                                 int64_t num_heads) {
   const AttentionInputs in = check_attention(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value,
                                              filters, weights, num_heads);
   const int64_t n = in.graph.num_nodes, H = in.H;
   at::Tensor out = at::empty({in.graph.num_edges, in.C}, in.query.options());
+  at::Tensor sums = at::zeros({n, in.C}, in.query.options());
   AT_DISPATCH_FLOATING_TYPES(in.query.scalar_type(), "vismp_attention_cpu", [&] {
     const vismp::Attention<scalar_t> p = attention_params<scalar_t>(in);
     const vismp::Graph<scalar_t> graph = graph_pointers<scalar_t>(in.graph);
     scalar_t* o = out.data_ptr<scalar_t>();
+    scalar_t* x = sums.data_ptr<scalar_t>();
     vismp::with_head_width(p.D, [&](auto width) {
       constexpr int D0 = decltype(width)::value;
       at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
           for (int64_t e = graph.row_ptr[i]; e < graph.row_ptr[i + 1]; ++e) {
-            for (int64_t h = 0; h < H; ++h) vismp::attention_edge<D0>(p, e, i, graph.senders[e], h, o);
+            for (int64_t h = 0; h < H; ++h) vismp::attention_edge<D0>(p, e, i, graph.senders[e], h, o, x);
           }
         }
       });
     });
   });
-  return out;
+  return {out, sums};
 }
 
-AttentionGrads attention_backward_cpu(const at::Tensor& grad, const at::Tensor& row_ptr, const at::Tensor& receivers,
-                                      const at::Tensor& senders, const at::Tensor& col_ptr,
-                                      const at::Tensor& col_edges, const at::Tensor& query, const at::Tensor& key,
-                                      const at::Tensor& value, const at::Tensor& filters, const at::Tensor& weights,
-                                      int64_t num_heads) {
+AttentionGrads attention_backward_cpu(const at::Tensor& grad, const at::Tensor& grad_sums, const at::Tensor& row_ptr,
+                                      const at::Tensor& receivers, const at::Tensor& senders,
+                                      const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& query,
+                                      const at::Tensor& key, const at::Tensor& value, const at::Tensor& filters,
+                                      const at::Tensor& weights, int64_t num_heads) {
+  const char* op = "viskrates::vismp_attention_backward";
   const AttentionInputs in = check_attention(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value,
                                              filters, weights, num_heads);
   const int64_t n = in.graph.num_nodes, num_edges = in.graph.num_edges, C = in.C, H = in.H;
-  const at::Tensor g = check_vismp_features("viskrates::vismp_attention_backward", "grad", grad, {num_edges, C},
-                                            in.query);
+  const at::Tensor g = check_vismp_features(op, "grad", grad, {num_edges, C}, in.query);
+  const at::Tensor g_node = check_vismp_features(op, "grad_sums", grad_sums, {n, C}, in.query);
   at::Tensor grad_query = at::zeros({n, C}, g.options());
   at::Tensor grad_key = at::zeros({n, C}, g.options());
   at::Tensor grad_value = at::zeros({n, C}, g.options());
@@ -390,6 +395,7 @@ AttentionGrads attention_backward_cpu(const at::Tensor& grad, const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES(in.query.scalar_type(), "vismp_attention_backward_cpu", [&] {
     const vismp::Attention<scalar_t> p = attention_params<scalar_t>(in);
     const scalar_t* gp = g.data_ptr<scalar_t>();
+    const scalar_t* gx = g_node.data_ptr<scalar_t>();
     const vismp::Graph<scalar_t> graph = graph_pointers<scalar_t>(in.graph);
     scalar_t* gq = grad_query.data_ptr<scalar_t>();
     scalar_t* gk = grad_key.data_ptr<scalar_t>();
@@ -404,7 +410,7 @@ AttentionGrads attention_backward_cpu(const at::Tensor& grad, const at::Tensor& 
           for (int64_t e = graph.row_ptr[i]; e < graph.row_ptr[i + 1]; ++e) {
             scalar_t sum = scalar_t(0);
             for (int64_t h = 0; h < H; ++h) {
-              sum += vismp::attention_edge_backward<D0>(p, gp, e, i, graph.senders[e], h, gq, gdk, gdv);
+              sum += vismp::attention_edge_backward<D0>(p, gp, gx, e, i, graph.senders[e], h, gq, gdk, gdv);
             }
             gw[e] = sum;
           }
@@ -421,7 +427,7 @@ AttentionGrads attention_backward_cpu(const at::Tensor& grad, const at::Tensor& 
               prefetch_row(p.value_filter + ahead * p.ld_filters, C);
             }
             for (int64_t h = 0; h < H; ++h) {
-              vismp::attention_edge_backward_sender<D0>(p, gp, e, graph.receivers[e], j, h, gk, gv);
+              vismp::attention_edge_backward_sender<D0>(p, gp, gx, e, graph.receivers[e], j, h, gk, gv);
             }
           }
         }
@@ -452,9 +458,11 @@ TORCH_LIBRARY_FRAGMENT(viskrates, m) {
       "(Tensor grad_gate, Tensor grad_target, Tensor grad_source, Tensor grad_harmonics)");
   m.def(
       "vismp_attention(Tensor row_ptr, Tensor receivers, Tensor senders, Tensor col_ptr, Tensor col_edges, "
-      "Tensor query, Tensor key, Tensor value, Tensor filters, Tensor weights, int num_heads) -> Tensor");
+      "Tensor query, Tensor key, Tensor value, Tensor filters, Tensor weights, int num_heads) -> "
+      "(Tensor messages, Tensor sums)");
   m.def(
-      "vismp_attention_backward(Tensor grad, Tensor row_ptr, Tensor receivers, Tensor senders, Tensor col_ptr, "
+      "vismp_attention_backward(Tensor grad, Tensor grad_sums, Tensor row_ptr, Tensor receivers, Tensor senders, "
+      "Tensor col_ptr, "
       "Tensor col_edges, Tensor query, Tensor key, Tensor value, Tensor filters, Tensor weights, int num_heads) -> "
       "(Tensor grad_query, Tensor grad_key, Tensor grad_value, Tensor grad_filters, Tensor grad_weights)");
 }

@@ -4,6 +4,8 @@
 // The backward is not itself differentiable: under create_graph=True it raises instead of silently
 // returning gradients without a graph (train with forces on the reference backend).
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include "autograd_common.h"
@@ -75,18 +77,21 @@ class EdgeUpdateFunction : public torch::autograd::Function<EdgeUpdateFunction> 
 
 class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
  public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& row_ptr, const at::Tensor& receivers,
-                            const at::Tensor& senders, const at::Tensor& col_ptr, const at::Tensor& col_edges,
-                            const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                            const at::Tensor& filters, const at::Tensor& weights, int64_t num_heads) {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& row_ptr, const at::Tensor& receivers,
+                               const at::Tensor& senders, const at::Tensor& col_ptr, const at::Tensor& col_edges,
+                               const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                               const at::Tensor& filters, const at::Tensor& weights, int64_t num_heads) {
     static const auto op =
-        find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                           const at::Tensor&, const at::Tensor&, int64_t)>("viskrates::vismp_attention");
+        find_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                   const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                   const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                   const at::Tensor&, int64_t)>("viskrates::vismp_attention");
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({row_ptr, receivers, senders, col_ptr, col_edges, query, key, value, filters, weights});
     ctx->saved_data["num_heads"] = num_heads;
-    return op.call(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value, filters, weights, num_heads);
+    auto [messages, sums] =
+        op.call(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value, filters, weights, num_heads);
+    return {messages, sums};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -94,21 +99,29 @@ class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
     static const auto op =
         find_op<AttentionGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                               const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t)>(
-            "viskrates::vismp_attention_backward");
+                               const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                               int64_t)>("viskrates::vismp_attention_backward");
     const variable_list s = ctx->get_saved_variables();
-    auto [gq, gk, gv, gf, gw] = op.call(grad_outputs[0].contiguous(), s[0], s[1], s[2], s[3], s[4], s[5], s[6],
-                                        s[7], s[8], s[9], ctx->saved_data["num_heads"].toInt());
+    // an output that does not reach the loss comes back undefined: its gradient is zero
+    const at::Tensor g_messages = grad_outputs[0].defined()
+                                      ? grad_outputs[0].contiguous()
+                                      : at::zeros({s[1].size(0), s[5].size(1)}, s[5].options());
+    const at::Tensor g_sums = grad_outputs[1].defined() ? grad_outputs[1].contiguous() : at::zeros_like(s[5]);
+    auto [gq, gk, gv, gf, gw] = op.call(g_messages, g_sums, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8],
+                                        s[9], ctx->saved_data["num_heads"].toInt());
     return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), gq, gk, gv, gf, gw, at::Tensor()};
   }
 };
 
-at::Tensor attention_autograd(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
-                              const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& query,
-                              const at::Tensor& key, const at::Tensor& value, const at::Tensor& filters,
-                              const at::Tensor& weights, int64_t num_heads) {
-  return AttentionFunction::apply(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value, filters,
-                                  weights, num_heads);
+std::tuple<at::Tensor, at::Tensor> attention_autograd(const at::Tensor& row_ptr, const at::Tensor& receivers,
+                                                      const at::Tensor& senders, const at::Tensor& col_ptr,
+                                                      const at::Tensor& col_edges, const at::Tensor& query,
+                                                      const at::Tensor& key, const at::Tensor& value,
+                                                      const at::Tensor& filters, const at::Tensor& weights,
+                                                      int64_t num_heads) {
+  const variable_list out = AttentionFunction::apply(row_ptr, receivers, senders, col_ptr, col_edges, query, key,
+                                                     value, filters, weights, num_heads);
+  return {out[0], out[1]};
 }
 
 at::Tensor vector_message_autograd(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,

@@ -296,9 +296,11 @@ VISKRATES_HD void dihedral_edge_backward_sender(const Dihedral<T>& p, const T* g
 }
 
 // ---- attention messages: m_e[c] = val_j[c]·dv_e[c]·(SiLU(S_e[h])·w_e), S_e[h] = Σ_{c∈h} q_i[c]·k_j[c]·dk_e[c] ----
-// (README "Equations" §3 "Message"; heads are consecutive blocks of D = C/H channels). One call handles one
-// edge and one head; the edge filters may be row-strided views (ld_*) of a wider projection. D0 > 0 is the head
-// width D as a compile-time constant (CPU launcher), D0 = 0 reads it from p.D (CUDA launcher).
+// (README "Equations" §3 "Message"; heads are consecutive blocks of D = C/H channels), and their sums per receiver
+// X_i = Σ_e m_e, which the layer's output projection takes (so no separate scatter of [E, C] messages and, in the
+// backward, no gather of dL/dX onto the edges: g_node below). One call handles one edge and one head; the edge
+// filters may be row-strided views (ld_*) of a wider projection. D0 > 0 is the head width D as a compile-time
+// constant (CPU launcher), D0 = 0 reads it from p.D (CUDA launcher).
 
 template <typename T>
 struct Attention {
@@ -329,23 +331,32 @@ VISKRATES_HD T sigmoid(T x) {
   return T(1) / (T(1) + math::exp(-x));
 }
 
-// out[e * C + c] = m_e[c] for the channels of head h.
+// out[e * C + c] = m_e[c] for the channels of head h, and sum[i * C + c] += m_e[c].
 template <int D0, typename T>
-VISKRATES_HD void attention_edge(const Attention<T>& p, int64_t e, int64_t i, int64_t j, int64_t h, T* out) {
+VISKRATES_HD void attention_edge(const Attention<T>& p, int64_t e, int64_t i, int64_t j, int64_t h,
+                                  T* VISKRATES_RESTRICT out, T* VISKRATES_RESTRICT sum) {
   const int64_t D = D0 > 0 ? D0 : p.D;
   const T score = attention_score<D0>(p, e, i, j, h);
   const T a = score * sigmoid(score) * p.weights[e];
   const T* v = p.value + j * p.C + h * D;
   const T* dv = p.value_filter + e * p.ld_filters + h * D;
   T* o = out + e * p.C + h * D;
-  for (int64_t d = 0; d < D; ++d) o[d] = (v[d] * dv[d]) * a;
+  T* x = sum + i * p.C + h * D;
+  for (int64_t d = 0; d < D; ++d) {
+    const T m = (v[d] * dv[d]) * a;
+    o[d] = m;
+    x[d] += m;
+  }
 }
+
+// The upstream gradients of edge e (receiver i) are g[e] = dL/dm_e [E, C] and g_node[i] = dL/dX_i [N, C]: m_e
+// reaches the loss directly and through X_i.
 
 // Upstream gradient of the attention coefficient of (edge e, head h) and its chain factors:
 // returns dL/dS and sets *a = SiLU(S)·w, *silu = SiLU(S), *grad_a = dL/dA.
 template <int D0, typename T>
-VISKRATES_HD T attention_grad_score(const Attention<T>& p, const T* g, int64_t e, int64_t i, int64_t j, int64_t h, T* a,
-                                    T* silu, T* grad_a) {
+VISKRATES_HD T attention_grad_score(const Attention<T>& p, const T* g, const T* g_node, int64_t e, int64_t i, int64_t j,
+                                    int64_t h, T* a, T* silu, T* grad_a) {
   const int64_t D = D0 > 0 ? D0 : p.D;
   const T score = attention_score<D0>(p, e, i, j, h);
   const T sig = sigmoid(score);
@@ -355,31 +366,32 @@ VISKRATES_HD T attention_grad_score(const Attention<T>& p, const T* g, int64_t e
   const T* v = p.value + j * p.C + h * D;
   const T* dv = p.value_filter + e * p.ld_filters + h * D;
   const T* ge = g + e * p.C + h * D;
+  const T* gx = g_node + i * p.C + h * D;
   T ga = T(0);
-  for (int64_t d = 0; d < D; ++d) ga += ge[d] * v[d] * dv[d];
+  for (int64_t d = 0; d < D; ++d) ga += (ge[d] + gx[d]) * v[d] * dv[d];
   *grad_a = ga;
   return ga * w * sig * (T(1) + score * (T(1) - sig));
 }
 
-// Receiver pass of the backward for (edge e, head h), g = dL/dm [E, C]: writes dL/ddk_e and dL/ddv_e
-// (rows of stride ld_grad_filter) for the head's channels, adds dL/dq_i to grad_query[i] and returns this head's share
-// of dL/dw_e.
+// Receiver pass of the backward for (edge e, head h): writes dL/ddk_e and dL/ddv_e (rows of stride ld_grad_filter)
+// for the head's channels, adds dL/dq_i to grad_query[i] and returns this head's share of dL/dw_e.
 template <int D0, typename T>
-VISKRATES_HD T attention_edge_backward(const Attention<T>& p, const T* g, int64_t e, int64_t i, int64_t j, int64_t h,
-                                       T* VISKRATES_RESTRICT grad_query, T* VISKRATES_RESTRICT grad_key_filter,
-                                       T* VISKRATES_RESTRICT grad_value_filter) {
+VISKRATES_HD T attention_edge_backward(const Attention<T>& p, const T* g, const T* g_node, int64_t e, int64_t i,
+                                       int64_t j, int64_t h, T* VISKRATES_RESTRICT grad_query,
+                                       T* VISKRATES_RESTRICT grad_key_filter, T* VISKRATES_RESTRICT grad_value_filter) {
   const int64_t D = D0 > 0 ? D0 : p.D;
   T a, silu, grad_a;
-  const T grad_score = attention_grad_score<D0>(p, g, e, i, j, h, &a, &silu, &grad_a);
+  const T grad_score = attention_grad_score<D0>(p, g, g_node, e, i, j, h, &a, &silu, &grad_a);
   const int64_t c0 = h * D;
   const T* q = p.query + i * p.C + c0;
   const T* k = p.key + j * p.C + c0;
   const T* v = p.value + j * p.C + c0;
   const T* dk = p.key_filter + e * p.ld_filters + c0;
   const T* ge = g + e * p.C + c0;
+  const T* gx = g_node + i * p.C + c0;
   T* gq = grad_query + i * p.C + c0;
   for (int64_t d = 0; d < D; ++d) {
-    grad_value_filter[e * p.ld_grad_filter + c0 + d] = ge[d] * v[d] * a;
+    grad_value_filter[e * p.ld_grad_filter + c0 + d] = (ge[d] + gx[d]) * v[d] * a;
     grad_key_filter[e * p.ld_grad_filter + c0 + d] = grad_score * q[d] * k[d];
     gq[d] += grad_score * k[d] * dk[d];
   }
@@ -388,22 +400,23 @@ VISKRATES_HD T attention_edge_backward(const Attention<T>& p, const T* g, int64_
 
 // Sender pass for (edge e, head h): adds dL/dk_j and dL/dval_j to grad_key[j], grad_value[j].
 template <int D0, typename T>
-VISKRATES_HD void attention_edge_backward_sender(const Attention<T>& p, const T* g, int64_t e, int64_t i, int64_t j,
-                                                 int64_t h, T* VISKRATES_RESTRICT grad_key,
+VISKRATES_HD void attention_edge_backward_sender(const Attention<T>& p, const T* g, const T* g_node, int64_t e,
+                                                 int64_t i, int64_t j, int64_t h, T* VISKRATES_RESTRICT grad_key,
                                                  T* VISKRATES_RESTRICT grad_value) {
   const int64_t D = D0 > 0 ? D0 : p.D;
   T a, silu, grad_a;
-  const T grad_score = attention_grad_score<D0>(p, g, e, i, j, h, &a, &silu, &grad_a);
+  const T grad_score = attention_grad_score<D0>(p, g, g_node, e, i, j, h, &a, &silu, &grad_a);
   const int64_t c0 = h * D;
   const T* q = p.query + i * p.C + c0;
   const T* dk = p.key_filter + e * p.ld_filters + c0;
   const T* dv = p.value_filter + e * p.ld_filters + c0;
   const T* ge = g + e * p.C + c0;
+  const T* gx = g_node + i * p.C + c0;
   T* gk = grad_key + j * p.C + c0;
   T* gv = grad_value + j * p.C + c0;
   for (int64_t d = 0; d < D; ++d) {
     gk[d] += grad_score * q[d] * dk[d];
-    gv[d] += ge[d] * dv[d] * a;
+    gv[d] += (ge[d] + gx[d]) * dv[d] * a;
   }
 }
 

@@ -130,39 +130,41 @@ __global__ void dihedral_senders_backward_kernel(const vismp::Graph<T> graph, in
 
 template <typename T>
 __global__ void attention_kernel(const vismp::Graph<T> graph, int64_t n, int64_t heads, const vismp::Attention<T> p,
-                                 T* out) {
+                                 T* out, T* sums) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= n * heads) return;
   const int64_t i = t / heads, h = t % heads;
+  // sums[i] (zero on entry): the head's channels belong to this thread
   for (int64_t e = graph.row_ptr[i]; e < graph.row_ptr[i + 1]; ++e) {
-    vismp::attention_edge<0>(p, e, i, graph.senders[e], h, out);
+    vismp::attention_edge<0>(p, e, i, graph.senders[e], h, out, sums);
   }
 }
 
 template <typename T>
 __global__ void attention_receivers_backward_kernel(const vismp::Graph<T> graph, int64_t n, int64_t heads,
-                                                    const vismp::Attention<T> p, const T* g, T* grad_query,
-                                                    T* grad_key_filter, T* grad_value_filter, T* grad_weight_heads) {
+                                                    const vismp::Attention<T> p, const T* g, const T* g_node,
+                                                    T* grad_query, T* grad_key_filter, T* grad_value_filter,
+                                                    T* grad_weight_heads) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= n * heads) return;
   const int64_t i = t / heads, h = t % heads;
   for (int64_t e = graph.row_ptr[i]; e < graph.row_ptr[i + 1]; ++e) {
     grad_weight_heads[e * heads + h] =
-        vismp::attention_edge_backward<0>(p, g, e, i, graph.senders[e], h, grad_query, grad_key_filter,
+        vismp::attention_edge_backward<0>(p, g, g_node, e, i, graph.senders[e], h, grad_query, grad_key_filter,
                                           grad_value_filter);
   }
 }
 
 template <typename T>
 __global__ void attention_senders_backward_kernel(const vismp::Graph<T> graph, int64_t n, int64_t heads,
-                                                  const vismp::Attention<T> p, const T* g, T* grad_key,
-                                                  T* grad_value) {
+                                                  const vismp::Attention<T> p, const T* g, const T* g_node,
+                                                  T* grad_key, T* grad_value) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= n * heads) return;
   const int64_t j = t / heads, h = t % heads;
   for (int64_t k = graph.col_ptr[j]; k < graph.col_ptr[j + 1]; ++k) {
     const int64_t e = graph.col_edges[k];
-    vismp::attention_edge_backward_sender<0>(p, g, e, graph.receivers[e], j, h, grad_key, grad_value);
+    vismp::attention_edge_backward_sender<0>(p, g, g_node, e, graph.receivers[e], j, h, grad_key, grad_value);
   }
 }
 
@@ -170,22 +172,22 @@ __global__ void attention_senders_backward_kernel(const vismp::Graph<T> graph, i
 
 template <typename T>
 cudaError_t launch_attention(const vismp::Graph<T>& graph, int64_t n, int64_t heads, const vismp::Attention<T>& p,
-                             T* out, cudaStream_t stream) {
-  attention_kernel<T><<<thread_blocks(n * heads), kThreads, 0, stream>>>(graph, n, heads, p, out);
+                             T* out, T* sums, cudaStream_t stream) {
+  attention_kernel<T><<<thread_blocks(n * heads), kThreads, 0, stream>>>(graph, n, heads, p, out, sums);
   return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t launch_attention_backward(const vismp::Graph<T>& graph, int64_t n, int64_t heads,
-                                      const vismp::Attention<T>& p, const T* g, T* grad_query, T* grad_key,
-                                      T* grad_value, T* grad_key_filter, T* grad_value_filter, T* grad_weight_heads,
-                                      cudaStream_t stream) {
+                                      const vismp::Attention<T>& p, const T* g, const T* g_node, T* grad_query,
+                                      T* grad_key, T* grad_value, T* grad_key_filter, T* grad_value_filter,
+                                      T* grad_weight_heads, cudaStream_t stream) {
   attention_receivers_backward_kernel<T><<<thread_blocks(n * heads), kThreads, 0, stream>>>(
-      graph, n, heads, p, g, grad_query, grad_key_filter, grad_value_filter, grad_weight_heads);
+      graph, n, heads, p, g, g_node, grad_query, grad_key_filter, grad_value_filter, grad_weight_heads);
   cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) return status;
   attention_senders_backward_kernel<T><<<thread_blocks(n * heads), kThreads, 0, stream>>>(graph, n, heads, p, g,
-                                                                                         grad_key, grad_value);
+                                                                                         g_node, grad_key, grad_value);
   return cudaGetLastError();
 }
 
@@ -238,10 +240,10 @@ cudaError_t launch_dihedral_backward(const vismp::Graph<T>& graph, int64_t n, co
   template cudaError_t launch_dihedral_backward<T>(const vismp::Graph<T>&, int64_t, const vismp::Dihedral<T>&,       \
                                                    const T*, T*, T*, T*, T*, cudaStream_t);                        \
   template cudaError_t launch_attention<T>(const vismp::Graph<T>&, int64_t, int64_t, const vismp::Attention<T>&, T*, \
-                                           cudaStream_t);                                                            \
+                                           T*, cudaStream_t);                                                        \
   template cudaError_t launch_attention_backward<T>(const vismp::Graph<T>&, int64_t, int64_t,                        \
-                                                    const vismp::Attention<T>&, const T*, T*, T*, T*, T*, T*, T*,    \
-                                                    cudaStream_t);
+                                                    const vismp::Attention<T>&, const T*, const T*, T*, T*, T*, T*,  \
+                                                    T*, T*, cudaStream_t);
 VISKRATES_INSTANTIATE(float)
 VISKRATES_INSTANTIATE(double)
 #undef VISKRATES_INSTANTIATE

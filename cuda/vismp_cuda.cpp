@@ -111,36 +111,40 @@ DihedralGrads dihedral_backward_cuda(const at::Tensor& grad, const at::Tensor& r
   return {grad_gate, grad_target, grad_source, grad_harmonics};
 }
 
-at::Tensor attention_cuda(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
-                          const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& query,
-                          const at::Tensor& key, const at::Tensor& value, const at::Tensor& filters,
-                          const at::Tensor& weights, int64_t num_heads) {
+std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& row_ptr, const at::Tensor& receivers,
+                                                  const at::Tensor& senders, const at::Tensor& col_ptr,
+                                                  const at::Tensor& col_edges, const at::Tensor& query,
+                                                  const at::Tensor& key, const at::Tensor& value,
+                                                  const at::Tensor& filters, const at::Tensor& weights,
+                                                  int64_t num_heads) {
   const c10::cuda::CUDAGuard guard(query.device());
   const AttentionInputs in = check_attention(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value,
                                              filters, weights, num_heads);
   const int64_t n = in.graph.num_nodes;
   at::Tensor out = at::empty({in.graph.num_edges, in.C}, in.query.options());
-  if (n == 0) return out;
+  at::Tensor sums = at::zeros({n, in.C}, in.query.options());  // accumulated in place by the kernel
+  if (n == 0) return {out, sums};
   AT_DISPATCH_FLOATING_TYPES(in.query.scalar_type(), "vismp_attention_cuda", [&] {
     check_launch(cuda::launch_attention<scalar_t>(graph_pointers<scalar_t>(in.graph), n, in.H,
                                                   attention_params<scalar_t>(in), out.data_ptr<scalar_t>(),
-                                                  stream_of(out)),
+                                                  sums.data_ptr<scalar_t>(), stream_of(out)),
                  "viskrates::vismp_attention");
   });
-  return out;
+  return {out, sums};
 }
 
-AttentionGrads attention_backward_cuda(const at::Tensor& grad, const at::Tensor& row_ptr, const at::Tensor& receivers,
-                                       const at::Tensor& senders, const at::Tensor& col_ptr,
-                                       const at::Tensor& col_edges, const at::Tensor& query, const at::Tensor& key,
-                                       const at::Tensor& value, const at::Tensor& filters, const at::Tensor& weights,
-                                       int64_t num_heads) {
+AttentionGrads attention_backward_cuda(const at::Tensor& grad, const at::Tensor& grad_sums, const at::Tensor& row_ptr,
+                                       const at::Tensor& receivers, const at::Tensor& senders,
+                                       const at::Tensor& col_ptr, const at::Tensor& col_edges,
+                                       const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                       const at::Tensor& filters, const at::Tensor& weights, int64_t num_heads) {
   const c10::cuda::CUDAGuard guard(query.device());
+  const char* op = "viskrates::vismp_attention_backward";
   const AttentionInputs in = check_attention(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value,
                                              filters, weights, num_heads);
   const int64_t n = in.graph.num_nodes, num_edges = in.graph.num_edges, C = in.C;
-  const at::Tensor g = check_vismp_features("viskrates::vismp_attention_backward", "grad", grad, {num_edges, C},
-                                            in.query);
+  const at::Tensor g = check_vismp_features(op, "grad", grad, {num_edges, C}, in.query);
+  const at::Tensor g_node = check_vismp_features(op, "grad_sums", grad_sums, {n, C}, in.query);
   at::Tensor grad_query = at::zeros({n, C}, g.options());
   at::Tensor grad_key = at::zeros({n, C}, g.options());
   at::Tensor grad_value = at::zeros({n, C}, g.options());
@@ -150,10 +154,11 @@ AttentionGrads attention_backward_cuda(const at::Tensor& grad, const at::Tensor&
     AT_DISPATCH_FLOATING_TYPES(in.query.scalar_type(), "vismp_attention_backward_cuda", [&] {
       check_launch(cuda::launch_attention_backward<scalar_t>(
                        graph_pointers<scalar_t>(in.graph), n, in.H, attention_params<scalar_t>(in),
-                       g.data_ptr<scalar_t>(), grad_query.data_ptr<scalar_t>(), grad_key.data_ptr<scalar_t>(),
-                       grad_value.data_ptr<scalar_t>(), grad_filters.data_ptr<scalar_t>(),
-                       grad_filters.data_ptr<scalar_t>() + C, grad_weight_heads.data_ptr<scalar_t>(), stream_of(g)),
-                   "viskrates::vismp_attention_backward");
+                       g.data_ptr<scalar_t>(), g_node.data_ptr<scalar_t>(), grad_query.data_ptr<scalar_t>(),
+                       grad_key.data_ptr<scalar_t>(), grad_value.data_ptr<scalar_t>(),
+                       grad_filters.data_ptr<scalar_t>(), grad_filters.data_ptr<scalar_t>() + C,
+                       grad_weight_heads.data_ptr<scalar_t>(), stream_of(g)),
+                   op);
     });
   }
   return {grad_query, grad_key, grad_value, grad_filters, grad_weight_heads.sum(1)};

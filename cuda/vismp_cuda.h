@@ -37,18 +37,20 @@ cudaError_t launch_dihedral_backward(const vismp::Graph<T>& graph, int64_t n, co
                                      T* grad_gate, T* grad_target, T* grad_source, T* grad_harmonics,
                                      cudaStream_t stream);
 
-// out [E, C] = attention messages m. One thread per (receiver, head).
+// out [E, C] = attention messages m, sums [N, C] (zero on entry) = their sums per receiver. One thread per
+// (receiver, head).
 template <typename T>
 cudaError_t launch_attention(const vismp::Graph<T>& graph, int64_t n, int64_t heads, const vismp::Attention<T>& p,
-                             T* out, cudaStream_t stream);
+                             T* out, T* sums, cudaStream_t stream);
 
 // grad_query, grad_key, grad_value [N, C] (zero on entry), grad_key_filter, grad_value_filter (rows of stride
-// p.ld_grad_filter) and grad_weight_heads [E, H] (per-head shares of dL/dw, summed by the caller) from g = dL/dm.
+// p.ld_grad_filter) and grad_weight_heads [E, H] (per-head shares of dL/dw, summed by the caller) from g = dL/dm
+// and g_node = dL/d(sums).
 template <typename T>
 cudaError_t launch_attention_backward(const vismp::Graph<T>& graph, int64_t n, int64_t heads,
-                                      const vismp::Attention<T>& p, const T* g, T* grad_query, T* grad_key,
-                                      T* grad_value, T* grad_key_filter, T* grad_value_filter, T* grad_weight_heads,
-                                      cudaStream_t stream);
+                                      const vismp::Attention<T>& p, const T* g, const T* g_node, T* grad_query,
+                                      T* grad_key, T* grad_value, T* grad_key_filter, T* grad_value_filter,
+                                      T* grad_weight_heads, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace viskrates

@@ -98,8 +98,9 @@ def test_attention_matches_reference(channels, heads):
     c = channels
 
     def run(op):
-        # the filters (dk | dv) are a column block of a wider projection (a row-strided view)
-        return lambda q, k, v, f, w: op(*graph, q, k, v, f[:, :2 * c], w, heads)
+        # the filters (dk | dv) are a column block of a wider projection (a row-strided view); messages and their
+        # per-receiver sums are compared (and differentiated) together
+        return lambda q, k, v, f, w: torch.cat([x.flatten() for x in op(*graph, q, k, v, f[:, :2 * c], w, heads)])
 
     inputs = (leaf(n, c, seed=1), leaf(n, c, seed=2), leaf(n, c, seed=3), leaf(e, 3 * c, seed=4), leaf(e, seed=5))
     compare(run(ops.vismp_attention), run(ops.vismp_attention_reference), inputs)
@@ -155,6 +156,9 @@ def test_gradcheck():
         assert torch.autograd.gradcheck(lambda *x: ops.vismp_edge_update(*graph, *x), args)
     args = (leaf(n, 4, seed=9), leaf(n, 4, seed=10), leaf(n, 4, seed=11), leaf(e, 8, seed=12), leaf(e, seed=14))
     assert torch.autograd.gradcheck(lambda *x: ops.vismp_attention(*graph, *x, 2), args)
+    # each output alone: the other's gradient comes back undefined and counts as zero
+    for output in range(2):
+        assert torch.autograd.gradcheck(lambda *x: ops.vismp_attention(*graph, *x, 2)[output], args)
 
 
 def test_double_backward_raises():

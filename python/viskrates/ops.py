@@ -259,11 +259,11 @@ def vismp_edge_update(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_p
 
 def vismp_attention_reference(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr: Tensor,
                               col_edges: Tensor, query: Tensor, key: Tensor, value: Tensor, filters: Tensor,
-                              weights: Tensor, num_heads: int) -> Tensor:
+                              weights: Tensor, num_heads: int) -> Tuple[Tensor, Tensor]:
     """ViS-MP scalar messages, multi-head SiLU attention with edge filters (README "Equations" §3
     "Message"; :func:`viskrates.nn.vismp.attention_messages`):
     ``m_e[c] = val_j[c]·dv_e[c]·SiLU(Σ_{c'∈h(c)} q_i[c']·k_j[c']·dk_e[c'])·w_e``, heads being consecutive
-    blocks of C/H channels.
+    blocks of C/H channels, and their sums per receiver ``X_i = Σ_{e: j→i} m_e``.
 
     Args:
         row_ptr, receivers, senders, col_ptr, col_edges: graph, see :func:`vismp_graph`.
@@ -273,7 +273,7 @@ def vismp_attention_reference(row_ptr: Tensor, receivers: Tensor, senders: Tenso
         num_heads: H, dividing C.
 
     Returns:
-        [E, C] messages.
+        ``(messages [E, C], sums [N, C])``.
     """
     num_edges, channels = filters.shape[0], query.shape[1]
     key_filter, value_filter = filters[:, :channels], filters[:, channels:2 * channels]
@@ -281,23 +281,27 @@ def vismp_attention_reference(row_ptr: Tensor, receivers: Tensor, senders: Tenso
     scores = scores.view(num_edges, num_heads, channels // num_heads).sum(-1)
     attention = torch.nn.functional.silu(scores) * weights.unsqueeze(-1)
     messages = (value.index_select(0, senders) * value_filter).view(num_edges, num_heads, channels // num_heads)
-    return (messages * attention.unsqueeze(-1)).view(num_edges, channels)
+    messages = (messages * attention.unsqueeze(-1)).view(num_edges, channels)
+    sums = torch.zeros_like(query).index_add_(0, receivers, messages)
+    return messages, sums
 
 
 def vismp_attention(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr: Tensor, col_edges: Tensor,
                     query: Tensor, key: Tensor, value: Tensor, filters: Tensor, weights: Tensor,
-                    num_heads: int) -> Tensor:
+                    num_heads: int) -> Tuple[Tensor, Tensor]:
     """Fused :func:`vismp_attention_reference` (``torch.ops.viskrates.vismp_attention``): one pass per
     receiver, no gathered [E, C] copies of q, k, val; the edge filters are read in place (no copy) when they
-    are a view of a wider projection. Same arguments and result; float32/float64, CPU or CUDA. C++ backward to
-    query, key, value, the filters (one [E, 2C] gradient tensor) and weights (deterministic); no double
-    backward.
+    are a view of a wider projection; the per-receiver sums are formed in the same pass (and their gradient
+    joins the messages' inside the backward passes). Same arguments and results; float32/float64, CPU or CUDA.
+    C++ backward to query, key, value, the filters (one [E, 2C] gradient tensor) and weights (deterministic); no
+    double backward.
 
     Raises:
         ValueError: inconsistent shapes, dtypes or devices, or num_heads not dividing C.
     """
-    return torch.ops.viskrates.vismp_attention(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value,
-                                               filters, weights, num_heads)
+    messages, sums = torch.ops.viskrates.vismp_attention(row_ptr, receivers, senders, col_ptr, col_edges, query, key,
+                                                         value, filters, weights, num_heads)
+    return messages, sums
 
 
 # ---- fused Euclidean attention (SO3krates; Frank et al., Nat. Commun. 15, 6539 (2024)) ------------------

@@ -188,15 +188,17 @@ def vector_messages(vectors: Optional[Tensor], scale: Tensor, shift: Tensor, har
 
 def scalar_messages(query: Tensor, key: Tensor, value: Tensor, filters: Tensor, edge_weights: Tensor,
                     receivers: Tensor, senders: Tensor, num_heads: int,
-                    graph: Optional[Tuple[Tensor, Tensor, Tensor]]) -> Tensor:
-    """:func:`attention_messages` (graph None) or the fused kernel ``viskrates.ops.vismp_attention`` (graph =
-    ``(row_ptr, col_ptr, col_edges)`` from :func:`viskrates.ops.vismp_graph`, receiver-sorted edges).
-    Arguments as for :func:`attention_messages`, with the two edge filters side by side in ``filters`` [E, 2C]
-    ``(dk | dv)``; returns [E, C]."""
+                    graph: Optional[Tuple[Tensor, Tensor, Tensor]]) -> Tuple[Tensor, Tensor]:
+    """:func:`attention_messages` and their :func:`segment_sum` (graph None) or the fused kernel
+    ``viskrates.ops.vismp_attention`` (graph = ``(row_ptr, col_ptr, col_edges)`` from
+    :func:`viskrates.ops.vismp_graph`, receiver-sorted edges). Arguments as for :func:`attention_messages`, with
+    the two edge filters side by side in ``filters`` [E, 2C] ``(dk | dv)``; returns ``(messages [E, C], their sums
+    per receiver [N, C])``."""
     if graph is None:
         key_filter, value_filter = filters.chunk(2, dim=-1)
-        return attention_messages(query, key, value, key_filter, value_filter, edge_weights, receivers, senders,
-                                  num_heads)
+        messages = attention_messages(query, key, value, key_filter, value_filter, edge_weights, receivers, senders,
+                                      num_heads)
+        return messages, segment_sum(messages, receivers, query.shape[0])
     row_ptr, col_ptr, col_edges = graph
     return vismp_attention(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value, filters, edge_weights,
                            num_heads)
@@ -350,8 +352,8 @@ class ViSMPLayer(nn.Module):
         # the per-edge filters reach the ops whole: per-part tensors would cost a concatenation of [E, 2-3C]
         # gradients in every backward pass.
         filters = F.silu(F.linear(edge_features, self.edge_proj.weight[:2 * c], self.edge_proj.bias[:2 * c]))
-        messages = scalar_messages(query, key, value, filters, edge_weights, receivers, senders, self.num_heads,
-                                   graph)
+        messages, message_sums = scalar_messages(query, key, value, filters, edge_weights, receivers, senders,
+                                                 self.num_heads, graph)
         if vectors_are_zero:
             # with v = 0 the scale s1 multiplies nothing, so only the shift rows of s_proj are evaluated
             vector_filters = F.silu(F.linear(messages, self.s_proj.weight[c:], self.s_proj.bias[c:]))
@@ -360,7 +362,7 @@ class ViSMPLayer(nn.Module):
         vector_weights: Optional[Tensor] = None
         if vector_cutoff:
             vector_weights = edge_weights
-        o1, o2, o3 = self.o_proj(segment_sum(messages, receivers, num_nodes)).split(c, dim=-1)
+        o1, o2, o3 = self.o_proj(message_sums).split(c, dim=-1)
         if vectors_are_zero:
             aggregated = aggregate_vector_messages(None, vector_filters, harmonics, receivers, senders,
                                                    vector_weights, num_nodes, graph)
