@@ -67,9 +67,22 @@ __global__ void vector_message_edges_backward_kernel(const vismp::Graph<T> graph
   }
 }
 
+// The sender-pass body of the vector-message and the edge-update backward, chosen by the type of the parameters.
 template <typename T>
-__global__ void vector_message_senders_backward_kernel(const vismp::Graph<T> graph, int64_t n,
-                                                       const vismp::VectorMessage<T> p, const T* g, T* grad_vectors) {
+__device__ __forceinline__ void sender_edge(const vismp::VectorMessage<T>& p, const T* g, int64_t e, int64_t i,
+                                            int64_t c, T* acc) {
+  vismp::vector_message_edge_backward_sender<1>(p, g, e, i, c, acc, 1);
+}
+template <typename T>
+__device__ __forceinline__ void sender_edge(const vismp::Dihedral<T>& p, const T* g, int64_t e, int64_t i, int64_t c,
+                                            T* acc) {
+  vismp::dihedral_edge_backward_sender<1>(p, g, e, i, c, acc, 1);
+}
+
+// Sender pass of those two backwards: one warp per sender j, each lane one channel c; grad[j, m, c] sums the body's
+// terms over the edges of sender j (grad_vectors of the vector messages, grad_source of the edge update).
+template <typename T, typename Params>
+__global__ void senders_backward_kernel(const vismp::Graph<T> graph, int64_t n, const Params p, const T* g, T* grad) {
   const int64_t j = warp_atom();
   if (j >= n) return;
   for (int64_t c = lane(); c < p.C; c += kWarp) {
@@ -77,9 +90,9 @@ __global__ void vector_message_senders_backward_kernel(const vismp::Graph<T> gra
     for (int m = 0; m < p.L; ++m) acc[m] = T(0);
     for (int64_t k = graph.col_ptr[j]; k < graph.col_ptr[j + 1]; ++k) {
       const int64_t e = graph.col_edges[k];
-      vismp::vector_message_edge_backward_sender<1>(p, g, e, graph.receivers[e], c, acc, 1);
+      sender_edge(p, g, e, graph.receivers[e], c, acc);
     }
-    for (int m = 0; m < p.L; ++m) grad_vectors[(j * p.L + m) * p.C + c] = acc[m];
+    for (int m = 0; m < p.L; ++m) grad[(j * p.L + m) * p.C + c] = acc[m];
   }
 }
 
@@ -109,22 +122,6 @@ __global__ void dihedral_receivers_backward_kernel(const vismp::Graph<T> graph, 
     if (lane() == 0) {
       for (int m = 0; m < p.L; ++m) grad_harmonics[e * p.L + m] = gy[m];
     }
-  }
-}
-
-template <typename T>
-__global__ void dihedral_senders_backward_kernel(const vismp::Graph<T> graph, int64_t n, const vismp::Dihedral<T> p,
-                                                 const T* g, T* grad_source) {
-  const int64_t j = warp_atom();
-  if (j >= n) return;
-  for (int64_t c = lane(); c < p.C; c += kWarp) {
-    T acc[vismp::kMaxComponents];
-    for (int m = 0; m < p.L; ++m) acc[m] = T(0);
-    for (int64_t k = graph.col_ptr[j]; k < graph.col_ptr[j + 1]; ++k) {
-      const int64_t e = graph.col_edges[k];
-      vismp::dihedral_edge_backward_sender<1>(p, g, e, graph.receivers[e], c, acc, 1);
-    }
-    for (int m = 0; m < p.L; ++m) grad_source[(j * p.L + m) * p.C + c] = acc[m];
   }
 }
 
@@ -206,7 +203,8 @@ cudaError_t launch_vector_message_backward(const vismp::Graph<T>& graph, int64_t
       graph, n, p, g, grad_scale, grad_shift, grad_harmonics, grad_weights);
   cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess || p.vectors == nullptr) return status;
-  vector_message_senders_backward_kernel<T><<<num_blocks(n), kThreads, 0, stream>>>(graph, n, p, g, grad_vectors);
+  senders_backward_kernel<T, vismp::VectorMessage<T>><<<num_blocks(n), kThreads, 0, stream>>>(graph, n, p, g,
+                                                                                              grad_vectors);
   return cudaGetLastError();
 }
 
@@ -225,7 +223,7 @@ cudaError_t launch_dihedral_backward(const vismp::Graph<T>& graph, int64_t n, co
                                                                                 grad_target, grad_harmonics);
   cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) return status;
-  dihedral_senders_backward_kernel<T><<<num_blocks(n), kThreads, 0, stream>>>(graph, n, p, g, grad_source);
+  senders_backward_kernel<T, vismp::Dihedral<T>><<<num_blocks(n), kThreads, 0, stream>>>(graph, n, p, g, grad_source);
   return cudaGetLastError();
 }
 
