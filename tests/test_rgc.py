@@ -10,6 +10,7 @@ timing is asserted).
 """
 import io
 import os
+import shutil
 from contextlib import redirect_stdout
 
 import numpy as np
@@ -194,6 +195,18 @@ def test_fused_visnet_trainable_rbf_gradients():
     for gf, gr in zip(grads[1], grads[0]):
         assert float(gr.abs().max()) > 0
         torch.testing.assert_close(gf, gr, rtol=1e-10, atol=1e-12)
+
+
+def test_bench_ptxas_kernel_names():
+    """The ptxas report names kernels without namespaces, template arguments included (a kernel templated on an
+    op's parameter type would otherwise show as its last argument)."""
+    if shutil.which("c++filt") is None:
+        pytest.skip("c++filt (binutils) not found")
+    assert (bench._short_kernel_name("_ZN9viskrates4cuda12_GLOBAL__N_123senders_backward_kernelIdNS_5vismp8DihedralIdEEE"
+                                     "EvNS3_5GraphIT_EElT0_PKS7_PS7_")
+            == "senders_backward_kernel<double, Dihedral<double> >")
+    assert (bench._short_kernel_name("_ZN9viskrates4cuda12_GLOBAL__N_116attention_kernelIfEEvNS_5vismp5GraphIT_EEllNS3_"
+                                     "9AttentionIS5_EEPS5_S9_") == "attention_kernel<float>")
 
 
 def test_bench_smoke(tmp_path):

@@ -241,9 +241,10 @@ def _short_kernel_name(mangled: str) -> str:
     demangler = shutil.which("c++filt")
     if demangler is not None:
         name = subprocess.run([demangler, mangled], capture_output=True, text=True).stdout.strip() or mangled
-    # "void viskrates::cuda::(anonymous namespace)::attention_kernel<float>(...)" -> "attention_kernel<float>"
+    # "void viskrates::cuda::(anonymous namespace)::attention_kernel<float>(...)" -> "attention_kernel<float>", and
+    # the qualifiers of template arguments go too: "senders_backward_kernel<float, Dihedral<float> >"
     name = re.sub(r"\(.*$", "", name.replace("(anonymous namespace)::", ""))
-    return name.split("::")[-1].replace("void ", "")
+    return re.sub(r"\b\w+::", "", name).replace("void ", "")
 
 
 def ptxas_report(arch: str = "sm_80") -> List[str]:
