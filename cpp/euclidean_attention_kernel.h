@@ -116,8 +116,9 @@ VISKRATES_HD void forward_edge_head(const Params<T>& p, int64_t e, int64_t i, in
 // ∂L/∂Y_e,c for the components of degree h + 1 and the per-edge scalars of (e, h).
 template <int kD, typename T>
 VISKRATES_HD void backward_receiver_edge_head(const Params<T>& p, const T* g_dx, const T* g_dev, int64_t e,
-                                              int64_t i, int64_t j, int64_t h, T* gq1_ih, T* gq2_ih,
-                                              T* grad_harmonics, const EdgeScalars<T>& out) {
+                                              int64_t i, int64_t j, int64_t h, T* VISKRATES_RESTRICT gq1_ih,
+                                              T* VISKRATES_RESTRICT gq2_ih, T* VISKRATES_RESTRICT grad_harmonics,
+                                              const EdgeScalars<T>& out) {
   const int64_t D = kD > 0 ? kD : p.D;
   const int64_t f = p.filter_index[e];
   const T s = p.cutoff[e] * p.inv_norm;
@@ -169,7 +170,8 @@ VISKRATES_HD T cutoff_grad_edge(const Params<T>& p, const EdgeScalars<T>& sc, in
 // Sender pass for edge e (receiver i, sender j), head h: adds ∂L/∂k1_j,h, ∂L/∂v1_j,h and (h < L) ∂L/∂k2_j,h.
 template <int kD, typename T>
 VISKRATES_HD void backward_sender_edge_head(const Params<T>& p, const T* g_dx, const EdgeScalars<T>& sc, int64_t e,
-                                            int64_t i, int64_t h, T* gk1_jh, T* gv1_jh, T* gk2_jh) {
+                                            int64_t i, int64_t h, T* VISKRATES_RESTRICT gk1_jh,
+                                            T* VISKRATES_RESTRICT gv1_jh, T* VISKRATES_RESTRICT gk2_jh) {
   const int64_t D = kD > 0 ? kD : p.D;
   const int64_t f = p.filter_index[e];
   const T s = p.cutoff[e] * p.inv_norm;
@@ -195,7 +197,8 @@ VISKRATES_HD void backward_sender_edge_head(const Params<T>& p, const T* g_dx, c
 // Filter pass for edge e (receiver i, sender j), head h: adds its share of ∂L/∂w1_f,h (and ∂L/∂w2_f,h, h < L).
 template <int kD, typename T>
 VISKRATES_HD void backward_filter_edge_head(const Params<T>& p, const EdgeScalars<T>& sc, int64_t e, int64_t i,
-                                            int64_t j, int64_t h, T* gw1_fh, T* gw2_fh) {
+                                            int64_t j, int64_t h, T* VISKRATES_RESTRICT gw1_fh,
+                                            T* VISKRATES_RESTRICT gw2_fh) {
   const int64_t D = kD > 0 ? kD : p.D;
   const T s = p.cutoff[e] * p.inv_norm;
   {
