@@ -241,34 +241,22 @@ VISKRATES_CPU_INLINE void backward_atoms(const lr::Params<T>& p, const lr::Gradi
   }
 }
 
-// One compiled copy per instruction set, chosen at load time (simd_math.h): the pair loops run 4, 8 or 16 wide.
-VISKRATES_CPU_CLONES void forward_atoms_float(const lr::Params<float>& p, float* ec, float* ed, int64_t begin,
-                                              int64_t end) {
+// One compiled copy per instruction set, chosen at load time (simd_math.h): on AVX-512 the pair loops run 16 floats
+// (8 doubles) wide.
+VISKRATES_CPU_CLONES void forward_range(const lr::Params<float>& p, float* ec, float* ed, int64_t begin, int64_t end) {
   forward_atoms(p, ec, ed, begin, end);
 }
-VISKRATES_CPU_CLONES void forward_atoms_double(const lr::Params<double>& p, double* ec, double* ed, int64_t begin,
-                                               int64_t end) {
+VISKRATES_CPU_CLONES void forward_range(const lr::Params<double>& p, double* ec, double* ed, int64_t begin,
+                                        int64_t end) {
   forward_atoms(p, ec, ed, begin, end);
 }
-VISKRATES_CPU_CLONES void backward_atoms_float(const lr::Params<float>& p, const lr::Gradients<float>& g,
-                                               int64_t begin, int64_t end) {
+VISKRATES_CPU_CLONES void backward_range(const lr::Params<float>& p, const lr::Gradients<float>& g, int64_t begin,
+                                         int64_t end) {
   backward_atoms(p, g, begin, end);
 }
-VISKRATES_CPU_CLONES void backward_atoms_double(const lr::Params<double>& p, const lr::Gradients<double>& g,
-                                                int64_t begin, int64_t end) {
+VISKRATES_CPU_CLONES void backward_range(const lr::Params<double>& p, const lr::Gradients<double>& g, int64_t begin,
+                                         int64_t end) {
   backward_atoms(p, g, begin, end);
-}
-void forward_range(const lr::Params<float>& p, float* ec, float* ed, int64_t begin, int64_t end) {
-  forward_atoms_float(p, ec, ed, begin, end);
-}
-void forward_range(const lr::Params<double>& p, double* ec, double* ed, int64_t begin, int64_t end) {
-  forward_atoms_double(p, ec, ed, begin, end);
-}
-void backward_range(const lr::Params<float>& p, const lr::Gradients<float>& g, int64_t begin, int64_t end) {
-  backward_atoms_float(p, g, begin, end);
-}
-void backward_range(const lr::Params<double>& p, const lr::Gradients<double>& g, int64_t begin, int64_t end) {
-  backward_atoms_double(p, g, begin, end);
 }
 
 LongRangeOutputs long_range_cpu(const at::Tensor& positions, const std::optional<at::Tensor>& box,
