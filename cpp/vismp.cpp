@@ -210,11 +210,11 @@ VectorMessageGrads vector_message_backward_cpu(const at::Tensor& grad, const at:
 
 }  // namespace
 
-DihedralInputs check_dihedral(const char* op, const at::Tensor& row_ptr, const at::Tensor& receivers,
-                              const at::Tensor& senders, const at::Tensor& col_ptr, const at::Tensor& col_edges,
-                              const std::optional<at::Tensor>& edge_features, const at::Tensor& gate,
-                              const at::Tensor& target, const at::Tensor& source, const at::Tensor& harmonics) {
-  DihedralInputs in;
+EdgeUpdateInputs check_edge_update(const char* op, const at::Tensor& row_ptr, const at::Tensor& receivers,
+                                   const at::Tensor& senders, const at::Tensor& col_ptr, const at::Tensor& col_edges,
+                                   const std::optional<at::Tensor>& edge_features, const at::Tensor& gate,
+                                   const at::Tensor& target, const at::Tensor& source, const at::Tensor& harmonics) {
+  EdgeUpdateInputs in;
   in.graph = check_vismp_graph(op, row_ptr, receivers, senders, col_ptr, col_edges);
   TORCH_CHECK_VALUE(target.is_floating_point() && target.dim() == 3, op,
                     ": target must be a floating-point [N, L, C] tensor, got ", target.sizes());
@@ -236,23 +236,23 @@ DihedralInputs check_dihedral(const char* op, const at::Tensor& row_ptr, const a
 
 namespace {
 
-at::Tensor dihedral_cpu(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
-                        const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& edge_features,
-                        const at::Tensor& gate, const at::Tensor& target, const at::Tensor& source,
-                        const at::Tensor& harmonics) {
-  const DihedralInputs in = check_dihedral("viskrates::vismp_edge_update", row_ptr, receivers, senders, col_ptr,
-                                           col_edges, edge_features, gate, target, source, harmonics);
+at::Tensor edge_update_cpu(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
+                           const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& edge_features,
+                           const at::Tensor& gate, const at::Tensor& target, const at::Tensor& source,
+                           const at::Tensor& harmonics) {
+  const EdgeUpdateInputs in = check_edge_update("viskrates::vismp_edge_update", row_ptr, receivers, senders, col_ptr,
+                                                col_edges, edge_features, gate, target, source, harmonics);
   const int64_t n = in.graph.num_nodes, C = in.C;
   at::Tensor out = at::empty({in.graph.num_edges, C}, in.target.options());
   AT_DISPATCH_FLOATING_TYPES(in.target.scalar_type(), "vismp_edge_update_cpu", [&] {
-    const vismp::Dihedral<scalar_t> p = dihedral_params<scalar_t>(in);
+    const vismp::EdgeUpdate<scalar_t> p = edge_update_params<scalar_t>(in);
     const vismp::Graph<scalar_t> graph = graph_pointers<scalar_t>(in.graph);
     scalar_t* o = out.data_ptr<scalar_t>();
     at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         for (int64_t e = graph.row_ptr[i]; e < graph.row_ptr[i + 1]; ++e) {
           vismp::for_channel_blocks(C, [&](auto width, int64_t c0) {
-            vismp::dihedral_edge<decltype(width)::value>(p, e, i, graph.senders[e], c0, o);
+            vismp::update_edge<decltype(width)::value>(p, e, i, graph.senders[e], c0, o);
           });
         }
       }
@@ -261,13 +261,13 @@ at::Tensor dihedral_cpu(const at::Tensor& row_ptr, const at::Tensor& receivers, 
   return out;
 }
 
-DihedralGrads dihedral_backward_cpu(const at::Tensor& grad, const at::Tensor& row_ptr, const at::Tensor& receivers,
-                                    const at::Tensor& senders, const at::Tensor& col_ptr, const at::Tensor& col_edges,
-                                    const at::Tensor& gate, const at::Tensor& target, const at::Tensor& source,
-                                    const at::Tensor& harmonics) {
+EdgeUpdateGrads edge_update_backward_cpu(const at::Tensor& grad, const at::Tensor& row_ptr, const at::Tensor& receivers,
+                                         const at::Tensor& senders, const at::Tensor& col_ptr,
+                                         const at::Tensor& col_edges, const at::Tensor& gate, const at::Tensor& target,
+                                         const at::Tensor& source, const at::Tensor& harmonics) {
   const char* op = "viskrates::vismp_edge_update_backward";
-  const DihedralInputs in = check_dihedral(op, row_ptr, receivers, senders, col_ptr, col_edges, std::nullopt, gate,
-                                           target, source, harmonics);
+  const EdgeUpdateInputs in = check_edge_update(op, row_ptr, receivers, senders, col_ptr, col_edges, std::nullopt, gate,
+                                                target, source, harmonics);
   const int64_t n = in.graph.num_nodes, num_edges = in.graph.num_edges, L = in.L, C = in.C;
   const at::Tensor g = check_vismp_features(op, "grad", grad, {in.graph.num_edges, C}, in.target);
   at::Tensor grad_gate = at::empty({num_edges, C}, g.options());
@@ -275,7 +275,7 @@ DihedralGrads dihedral_backward_cpu(const at::Tensor& grad, const at::Tensor& ro
   at::Tensor grad_source = at::empty({n, L, C}, g.options());
   at::Tensor grad_harmonics = at::empty({in.graph.num_edges, L}, g.options());
   AT_DISPATCH_FLOATING_TYPES(in.target.scalar_type(), "vismp_edge_update_backward_cpu", [&] {
-    const vismp::Dihedral<scalar_t> p = dihedral_params<scalar_t>(in);
+    const vismp::EdgeUpdate<scalar_t> p = edge_update_params<scalar_t>(in);
     const scalar_t* gp = g.data_ptr<scalar_t>();
     const vismp::Graph<scalar_t> graph = graph_pointers<scalar_t>(in.graph);
     scalar_t* gg = grad_gate.data_ptr<scalar_t>();
@@ -290,8 +290,8 @@ DihedralGrads dihedral_backward_cpu(const at::Tensor& grad, const at::Tensor& ro
           scalar_t* gye = gy + e * L;
           std::fill(gye, gye + L, scalar_t(0));
           vismp::for_channel_blocks(C, [&](auto width, int64_t c0) {
-            vismp::dihedral_edge_backward<decltype(width)::value>(p, gp, e, i, graph.senders[e], c0, gg, acc + c0, C,
-                                                                  gye);
+            vismp::update_edge_backward<decltype(width)::value>(p, gp, e, i, graph.senders[e], c0, gg, acc + c0, C,
+                                                                gye);
           });
         }
       }
@@ -308,7 +308,7 @@ DihedralGrads dihedral_backward_cpu(const at::Tensor& grad, const at::Tensor& ro
             prefetch_row(p.gate + ahead * C, C);
           }
           vismp::for_channel_blocks(C, [&](auto width, int64_t c0) {
-            vismp::dihedral_edge_backward_sender<decltype(width)::value>(p, gp, e, graph.receivers[e], c0, acc + c0, C);
+            vismp::update_edge_backward_sender<decltype(width)::value>(p, gp, e, graph.receivers[e], c0, acc + c0, C);
           });
         }
       }
@@ -470,8 +470,8 @@ TORCH_LIBRARY_FRAGMENT(viskrates, m) {
 TORCH_LIBRARY_IMPL(viskrates, CPU, m) {
   m.impl("vismp_vector_message", &vector_message_cpu);
   m.impl("vismp_vector_message_backward", &vector_message_backward_cpu);
-  m.impl("vismp_edge_update", &dihedral_cpu);
-  m.impl("vismp_edge_update_backward", &dihedral_backward_cpu);
+  m.impl("vismp_edge_update", &edge_update_cpu);
+  m.impl("vismp_edge_update_backward", &edge_update_backward_cpu);
   m.impl("vismp_attention", &attention_cpu);
   m.impl("vismp_attention_backward", &attention_backward_cpu);
 }

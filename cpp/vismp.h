@@ -71,19 +71,19 @@ vismp::VectorMessage<T> vector_message_params(const VectorMessageInputs& in) {
 }
 
 // Checked, contiguous inputs of vismp_edge_update (edge_features undefined in the backward, which does not read it).
-struct DihedralInputs {
+struct EdgeUpdateInputs {
   VismpGraph graph;
   at::Tensor edge_features, gate, target, source, harmonics;
   int64_t L = 0, C = 0;
 };
 
-DihedralInputs check_dihedral(const char* op, const at::Tensor& row_ptr, const at::Tensor& receivers,
-                              const at::Tensor& senders, const at::Tensor& col_ptr, const at::Tensor& col_edges,
-                              const std::optional<at::Tensor>& edge_features, const at::Tensor& gate,
-                              const at::Tensor& target, const at::Tensor& source, const at::Tensor& harmonics);
+EdgeUpdateInputs check_edge_update(const char* op, const at::Tensor& row_ptr, const at::Tensor& receivers,
+                                   const at::Tensor& senders, const at::Tensor& col_ptr, const at::Tensor& col_edges,
+                                   const std::optional<at::Tensor>& edge_features, const at::Tensor& gate,
+                                   const at::Tensor& target, const at::Tensor& source, const at::Tensor& harmonics);
 
 template <typename T>
-vismp::Dihedral<T> dihedral_params(const DihedralInputs& in) {
+vismp::EdgeUpdate<T> edge_update_params(const EdgeUpdateInputs& in) {
   return {in.target.data_ptr<T>(),
           in.source.data_ptr<T>(),
           in.harmonics.data_ptr<T>(),
@@ -120,6 +120,6 @@ using AttentionGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor
 // (grad_vectors, grad_filters, grad_harmonics, grad_weights)
 using VectorMessageGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 // (grad_gate, grad_target, grad_source, grad_harmonics)
-using DihedralGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using EdgeUpdateGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 }  // namespace viskrates

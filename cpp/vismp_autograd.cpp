@@ -65,9 +65,9 @@ class EdgeUpdateFunction : public torch::autograd::Function<EdgeUpdateFunction> 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     check_no_double_backward("viskrates::vismp_edge_update", "ViSNet");
     static const auto op =
-        find_op<DihedralGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                              const at::Tensor&, const at::Tensor&)>("viskrates::vismp_edge_update_backward");
+        find_op<EdgeUpdateGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                const at::Tensor&, const at::Tensor&)>("viskrates::vismp_edge_update_backward");
     const variable_list s = ctx->get_saved_variables();
     const at::Tensor grad = grad_outputs[0].contiguous();
     auto [gg, gt, gs, gy] = op.call(grad, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8]);

@@ -155,7 +155,7 @@ VISKRATES_HD void vector_message_edge_backward_sender(const VectorMessage<T>& p,
 // r never exists as an [E, C] tensor and the update costs no elementwise passes over [E, C] tensors.
 
 template <typename T>
-struct Dihedral {
+struct EdgeUpdate {
   const T* target;         // [N, L, C] t
   const T* source;         // [N, L, C] s
   const T* harmonics;      // [E, L] Y
@@ -165,12 +165,12 @@ struct Dihedral {
 };
 
 template <typename T>
-VISKRATES_HD bool dihedral_has_rejection(const Dihedral<T>& p) {
+VISKRATES_HD bool dihedral_has_rejection(const EdgeUpdate<T>& p) {
   return p.L < kMaxComponents;
 }
 
 template <typename T>
-VISKRATES_HD T dihedral_excess(const Dihedral<T>& p, int64_t e) {
+VISKRATES_HD T dihedral_excess(const EdgeUpdate<T>& p, int64_t e) {
   const T* y = p.harmonics + e * p.L;
   T yy = T(0);
   for (int64_t m = 0; m < p.L; ++m) yy += y[m] * y[m];
@@ -179,7 +179,7 @@ VISKRATES_HD T dihedral_excess(const Dihedral<T>& p, int64_t e) {
 
 // ty[w] = (t_i·Y_e)[c0 + w], sy[w] = (s_j·Y_e)[c0 + w] (t, s already offset to the atom and channel c0).
 template <int W, typename T>
-VISKRATES_HD void dihedral_projections(const Dihedral<T>& p, const T* y, const T* t, const T* s, T* ty, T* sy) {
+VISKRATES_HD void dihedral_projections(const EdgeUpdate<T>& p, const T* y, const T* t, const T* s, T* ty, T* sy) {
   for (int w = 0; w < W; ++w) ty[w] = sy[w] = T(0);
   for (int64_t m = 0; m < p.L; ++m) {
     for (int w = 0; w < W; ++w) {
@@ -192,8 +192,8 @@ VISKRATES_HD void dihedral_projections(const Dihedral<T>& p, const T* y, const T
 // r[w] = r_e[c0 + w] for edge e (receiver i, sender j); with the rejection correction (L < 8) also the
 // projections ty, sy and the excess 2 − Y·Y the backward reuses.
 template <int W, typename T>
-VISKRATES_HD void dihedral_value(const Dihedral<T>& p, int64_t e, int64_t i, int64_t j, int64_t c0, T* r, T* ty, T* sy,
-                                 T* excess) {
+VISKRATES_HD void dihedral_value(const EdgeUpdate<T>& p, int64_t e, int64_t i, int64_t j, int64_t c0, T* r, T* ty,
+                                 T* sy, T* excess) {
   const T* t = p.target + i * p.L * p.C + c0;
   const T* s = p.source + j * p.L * p.C + c0;
   for (int w = 0; w < W; ++w) r[w] = T(0);
@@ -208,7 +208,7 @@ VISKRATES_HD void dihedral_value(const Dihedral<T>& p, int64_t e, int64_t i, int
 
 // out[e * C + c0 + w] = f'_e[c0 + w].
 template <int W, typename T>
-VISKRATES_HD void dihedral_edge(const Dihedral<T>& p, int64_t e, int64_t i, int64_t j, int64_t c0, T* out) {
+VISKRATES_HD void update_edge(const EdgeUpdate<T>& p, int64_t e, int64_t i, int64_t j, int64_t c0, T* out) {
   T r[W], ty[W], sy[W], excess;
   dihedral_value<W>(p, e, i, j, c0, r, ty, sy, &excess);
   const T* f = p.edge_features + e * p.C + c0;
@@ -220,9 +220,9 @@ VISKRATES_HD void dihedral_edge(const Dihedral<T>& p, int64_t e, int64_t i, int6
 // dL/dgate_e = g·r for channels c0 .. c0+W-1 (grad_gate [E, C]), adds edge e's contribution to dL/dt_i[m, c0 + w]
 // into acc[m * ld + w] and these channels' share of dL/dY_e[m] to gy[m].
 template <int W, typename T>
-VISKRATES_HD void dihedral_edge_backward(const Dihedral<T>& p, const T* g, int64_t e, int64_t i, int64_t j, int64_t c0,
-                                         T* VISKRATES_RESTRICT grad_gate, T* VISKRATES_RESTRICT acc, int64_t ld,
-                                         T* VISKRATES_RESTRICT gy) {
+VISKRATES_HD void update_edge_backward(const EdgeUpdate<T>& p, const T* g, int64_t e, int64_t i, int64_t j, int64_t c0,
+                                       T* VISKRATES_RESTRICT grad_gate, T* VISKRATES_RESTRICT acc, int64_t ld,
+                                       T* VISKRATES_RESTRICT gy) {
   const T* t = p.target + i * p.L * p.C + c0;
   const T* s = p.source + j * p.L * p.C + c0;
   const T* ge = g + e * p.C + c0;
@@ -266,8 +266,8 @@ VISKRATES_HD void dihedral_edge_backward(const Dihedral<T>& p, const T* g, int64
 
 // Sender pass: acc[m * ld + w] += dL/ds_j[m, c0 + w] contribution of edge e (receiver i).
 template <int W, typename T>
-VISKRATES_HD void dihedral_edge_backward_sender(const Dihedral<T>& p, const T* g, int64_t e, int64_t i, int64_t c0,
-                                                T* VISKRATES_RESTRICT acc, int64_t ld) {
+VISKRATES_HD void update_edge_backward_sender(const EdgeUpdate<T>& p, const T* g, int64_t e, int64_t i, int64_t c0,
+                                              T* VISKRATES_RESTRICT acc, int64_t ld) {
   const T* t = p.target + i * p.L * p.C + c0;
   const T* ge = g + e * p.C + c0;
   const T* gate = p.gate + e * p.C + c0;

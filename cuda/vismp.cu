@@ -1,5 +1,5 @@
 // CUDA launchers of the fused ViS-MP ops, running the kernel bodies of cpp/vismp_kernel.h (the functions the
-// CPU launcher runs). Vector messages and dihedral term: one warp per receiver (or sender), each lane one
+// CPU launcher runs). Vector messages and edge update: one warp per receiver (or sender), each lane one
 // channel at a time (W = 1). Attention: one thread per (receiver or sender, head).
 // Cross-channel sums (harmonics and weight gradients) are reduced with warp shuffles in a fixed order,
 // and every output element has a single writer: results are deterministic.
@@ -74,9 +74,9 @@ __device__ __forceinline__ void sender_edge(const vismp::VectorMessage<T>& p, co
   vismp::vector_message_edge_backward_sender<1>(p, g, e, i, c, acc, 1);
 }
 template <typename T>
-__device__ __forceinline__ void sender_edge(const vismp::Dihedral<T>& p, const T* g, int64_t e, int64_t i, int64_t c,
+__device__ __forceinline__ void sender_edge(const vismp::EdgeUpdate<T>& p, const T* g, int64_t e, int64_t i, int64_t c,
                                             T* acc) {
-  vismp::dihedral_edge_backward_sender<1>(p, g, e, i, c, acc, 1);
+  vismp::update_edge_backward_sender<1>(p, g, e, i, c, acc, 1);
 }
 
 // Sender pass of those two backwards: one warp per sender j, each lane one channel c; grad[j, m, c] sums the body's
@@ -97,17 +97,18 @@ __global__ void senders_backward_kernel(const vismp::Graph<T> graph, int64_t n, 
 }
 
 template <typename T>
-__global__ void dihedral_kernel(const vismp::Graph<T> graph, int64_t n, const vismp::Dihedral<T> p, T* out) {
+__global__ void edge_update_kernel(const vismp::Graph<T> graph, int64_t n, const vismp::EdgeUpdate<T> p, T* out) {
   const int64_t i = warp_atom();
   if (i >= n) return;
   for (int64_t e = graph.row_ptr[i]; e < graph.row_ptr[i + 1]; ++e) {
-    for (int64_t c = lane(); c < p.C; c += kWarp) vismp::dihedral_edge<1>(p, e, i, graph.senders[e], c, out);
+    for (int64_t c = lane(); c < p.C; c += kWarp) vismp::update_edge<1>(p, e, i, graph.senders[e], c, out);
   }
 }
 
 template <typename T>
-__global__ void dihedral_receivers_backward_kernel(const vismp::Graph<T> graph, int64_t n, const vismp::Dihedral<T> p,
-                                                   const T* g, T* grad_gate, T* grad_target, T* grad_harmonics) {
+__global__ void edge_update_receivers_backward_kernel(const vismp::Graph<T> graph, int64_t n,
+                                                      const vismp::EdgeUpdate<T> p, const T* g, T* grad_gate,
+                                                      T* grad_target, T* grad_harmonics) {
   const int64_t i = warp_atom();
   if (i >= n) return;  // uniform per warp
   for (int64_t e = graph.row_ptr[i]; e < graph.row_ptr[i + 1]; ++e) {
@@ -115,8 +116,8 @@ __global__ void dihedral_receivers_backward_kernel(const vismp::Graph<T> graph, 
     for (int m = 0; m < p.L; ++m) gy[m] = T(0);
     // grad_target[i] is owned by this warp, each of its elements by one lane
     for (int64_t c = lane(); c < p.C; c += kWarp) {
-      vismp::dihedral_edge_backward<1>(p, g, e, i, graph.senders[e], c, grad_gate, grad_target + i * p.L * p.C + c,
-                                       p.C, gy);
+      vismp::update_edge_backward<1>(p, g, e, i, graph.senders[e], c, grad_gate, grad_target + i * p.L * p.C + c, p.C,
+                                     gy);
     }
     for (int m = 0; m < p.L; ++m) gy[m] = warp_sum(gy[m]);
     if (lane() == 0) {
@@ -209,34 +210,33 @@ cudaError_t launch_vector_message_backward(const vismp::Graph<T>& graph, int64_t
 }
 
 template <typename T>
-cudaError_t launch_dihedral(const vismp::Graph<T>& graph, int64_t n, const vismp::Dihedral<T>& p, T* out,
-                            cudaStream_t stream) {
-  dihedral_kernel<T><<<num_blocks(n), kThreads, 0, stream>>>(graph, n, p, out);
+cudaError_t launch_edge_update(const vismp::Graph<T>& graph, int64_t n, const vismp::EdgeUpdate<T>& p, T* out,
+                               cudaStream_t stream) {
+  edge_update_kernel<T><<<num_blocks(n), kThreads, 0, stream>>>(graph, n, p, out);
   return cudaGetLastError();
 }
 
 template <typename T>
-cudaError_t launch_dihedral_backward(const vismp::Graph<T>& graph, int64_t n, const vismp::Dihedral<T>& p, const T* g,
-                                     T* grad_gate, T* grad_target, T* grad_source, T* grad_harmonics,
-                                     cudaStream_t stream) {
-  dihedral_receivers_backward_kernel<T><<<num_blocks(n), kThreads, 0, stream>>>(graph, n, p, g, grad_gate,
-                                                                                grad_target, grad_harmonics);
+cudaError_t launch_edge_update_backward(const vismp::Graph<T>& graph, int64_t n, const vismp::EdgeUpdate<T>& p,
+                                        const T* g, T* grad_gate, T* grad_target, T* grad_source, T* grad_harmonics,
+                                        cudaStream_t stream) {
+  edge_update_receivers_backward_kernel<T>
+      <<<num_blocks(n), kThreads, 0, stream>>>(graph, n, p, g, grad_gate, grad_target, grad_harmonics);
   cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) return status;
-  senders_backward_kernel<T, vismp::Dihedral<T>><<<num_blocks(n), kThreads, 0, stream>>>(graph, n, p, g, grad_source);
+  senders_backward_kernel<T, vismp::EdgeUpdate<T>><<<num_blocks(n), kThreads, 0, stream>>>(graph, n, p, g, grad_source);
   return cudaGetLastError();
 }
 
 #define VISKRATES_INSTANTIATE(T)                                                                                     \
   template cudaError_t launch_vector_message<T>(const vismp::Graph<T>&, int64_t, const vismp::VectorMessage<T>&, T*, \
                                                 cudaStream_t);                                                       \
-  template cudaError_t launch_vector_message_backward<T>(const vismp::Graph<T>&, int64_t,                            \
-                                                         const vismp::VectorMessage<T>&, const T*, T*, T*, T*, T*,   \
-                                                         T*, cudaStream_t);                                          \
-  template cudaError_t launch_dihedral<T>(const vismp::Graph<T>&, int64_t, const vismp::Dihedral<T>&, T*,            \
-                                          cudaStream_t);                                                             \
-  template cudaError_t launch_dihedral_backward<T>(const vismp::Graph<T>&, int64_t, const vismp::Dihedral<T>&,       \
-                                                   const T*, T*, T*, T*, T*, cudaStream_t);                        \
+  template cudaError_t launch_vector_message_backward<T>(                                                            \
+      const vismp::Graph<T>&, int64_t, const vismp::VectorMessage<T>&, const T*, T*, T*, T*, T*, T*, cudaStream_t);  \
+  template cudaError_t launch_edge_update<T>(const vismp::Graph<T>&, int64_t, const vismp::EdgeUpdate<T>&, T*,       \
+                                             cudaStream_t);                                                          \
+  template cudaError_t launch_edge_update_backward<T>(const vismp::Graph<T>&, int64_t, const vismp::EdgeUpdate<T>&,  \
+                                                      const T*, T*, T*, T*, T*, cudaStream_t);                       \
   template cudaError_t launch_attention<T>(const vismp::Graph<T>&, int64_t, int64_t, const vismp::Attention<T>&, T*, \
                                            T*, cudaStream_t);                                                        \
   template cudaError_t launch_attention_backward<T>(const vismp::Graph<T>&, int64_t, int64_t,                        \

@@ -65,33 +65,34 @@ VectorMessageGrads vector_message_backward_cuda(const at::Tensor& grad, const at
   return {grad_vectors, grad_filters, grad_harmonics, in.weights.defined() ? grad_weights : at::Tensor()};
 }
 
-at::Tensor dihedral_cuda(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
-                         const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& edge_features,
-                         const at::Tensor& gate, const at::Tensor& target, const at::Tensor& source,
-                         const at::Tensor& harmonics) {
+at::Tensor edge_update_cuda(const at::Tensor& row_ptr, const at::Tensor& receivers, const at::Tensor& senders,
+                            const at::Tensor& col_ptr, const at::Tensor& col_edges, const at::Tensor& edge_features,
+                            const at::Tensor& gate, const at::Tensor& target, const at::Tensor& source,
+                            const at::Tensor& harmonics) {
   const c10::cuda::CUDAGuard guard(target.device());
-  const DihedralInputs in = check_dihedral("viskrates::vismp_edge_update", row_ptr, receivers, senders, col_ptr,
-                                           col_edges, edge_features, gate, target, source, harmonics);
+  const EdgeUpdateInputs in = check_edge_update("viskrates::vismp_edge_update", row_ptr, receivers, senders, col_ptr,
+                                                col_edges, edge_features, gate, target, source, harmonics);
   const int64_t n = in.graph.num_nodes;
   at::Tensor out = at::empty({in.graph.num_edges, in.C}, in.target.options());
   if (n == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(in.target.scalar_type(), "vismp_edge_update_cuda", [&] {
-    const vismp::Dihedral<scalar_t> p = dihedral_params<scalar_t>(in);
-    check_launch(cuda::launch_dihedral<scalar_t>(graph_pointers<scalar_t>(in.graph), n, p, out.data_ptr<scalar_t>(),
-                                                 stream_of(out)),
+    const vismp::EdgeUpdate<scalar_t> p = edge_update_params<scalar_t>(in);
+    check_launch(cuda::launch_edge_update<scalar_t>(graph_pointers<scalar_t>(in.graph), n, p, out.data_ptr<scalar_t>(),
+                                                    stream_of(out)),
                  "viskrates::vismp_edge_update");
   });
   return out;
 }
 
-DihedralGrads dihedral_backward_cuda(const at::Tensor& grad, const at::Tensor& row_ptr, const at::Tensor& receivers,
-                                     const at::Tensor& senders, const at::Tensor& col_ptr, const at::Tensor& col_edges,
-                                     const at::Tensor& gate, const at::Tensor& target, const at::Tensor& source,
-                                     const at::Tensor& harmonics) {
+EdgeUpdateGrads edge_update_backward_cuda(const at::Tensor& grad, const at::Tensor& row_ptr,
+                                          const at::Tensor& receivers, const at::Tensor& senders,
+                                          const at::Tensor& col_ptr, const at::Tensor& col_edges,
+                                          const at::Tensor& gate, const at::Tensor& target, const at::Tensor& source,
+                                          const at::Tensor& harmonics) {
   const c10::cuda::CUDAGuard guard(target.device());
   const char* op = "viskrates::vismp_edge_update_backward";
-  const DihedralInputs in = check_dihedral(op, row_ptr, receivers, senders, col_ptr, col_edges, std::nullopt, gate,
-                                           target, source, harmonics);
+  const EdgeUpdateInputs in = check_edge_update(op, row_ptr, receivers, senders, col_ptr, col_edges, std::nullopt, gate,
+                                                target, source, harmonics);
   const int64_t n = in.graph.num_nodes;
   const at::Tensor g = check_vismp_features(op, "grad", grad, {in.graph.num_edges, in.C}, in.target);
   at::Tensor grad_gate = at::empty({in.graph.num_edges, in.C}, g.options());
@@ -100,8 +101,8 @@ DihedralGrads dihedral_backward_cuda(const at::Tensor& grad, const at::Tensor& r
   at::Tensor grad_harmonics = at::empty({in.graph.num_edges, in.L}, g.options());
   if (n > 0) {
     AT_DISPATCH_FLOATING_TYPES(in.target.scalar_type(), "vismp_edge_update_backward_cuda", [&] {
-      const vismp::Dihedral<scalar_t> p = dihedral_params<scalar_t>(in);
-      check_launch(cuda::launch_dihedral_backward<scalar_t>(
+      const vismp::EdgeUpdate<scalar_t> p = edge_update_params<scalar_t>(in);
+      check_launch(cuda::launch_edge_update_backward<scalar_t>(
                        graph_pointers<scalar_t>(in.graph), n, p, g.data_ptr<scalar_t>(), grad_gate.data_ptr<scalar_t>(),
                        grad_target.data_ptr<scalar_t>(), grad_source.data_ptr<scalar_t>(),
                        grad_harmonics.data_ptr<scalar_t>(), stream_of(g)),
@@ -171,8 +172,8 @@ TORCH_LIBRARY_IMPL(viskrates, CUDA, m) {
   m.impl("vismp_attention_backward", &attention_backward_cuda);
   m.impl("vismp_vector_message", &vector_message_cuda);
   m.impl("vismp_vector_message_backward", &vector_message_backward_cuda);
-  m.impl("vismp_edge_update", &dihedral_cuda);
-  m.impl("vismp_edge_update_backward", &dihedral_backward_cuda);
+  m.impl("vismp_edge_update", &edge_update_cuda);
+  m.impl("vismp_edge_update_backward", &edge_update_backward_cuda);
 }
 
 }  // namespace viskrates

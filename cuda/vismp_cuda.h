@@ -1,6 +1,6 @@
 // Launchers of the fused ViS-MP CUDA kernels (cuda/vismp.cu). Raw pointers and streams only, so that nvcc
 // compiles the kernels without torch headers; the tensor glue is in cuda/vismp_cuda.cpp. Each launcher
-// returns the launch status. Vector messages and dihedral term: one warp per receiver (forward, per-edge
+// returns the launch status. Vector messages and edge update: one warp per receiver (forward, per-edge
 // gradients) or per sender (gradients of the senders' features), lanes take channels lane, lane + 32, ...
 #pragma once
 
@@ -27,15 +27,15 @@ cudaError_t launch_vector_message_backward(const vismp::Graph<T>& graph, int64_t
 
 // out [E, C] = f' = f + gate·r.
 template <typename T>
-cudaError_t launch_dihedral(const vismp::Graph<T>& graph, int64_t n, const vismp::Dihedral<T>& p, T* out,
-                            cudaStream_t stream);
+cudaError_t launch_edge_update(const vismp::Graph<T>& graph, int64_t n, const vismp::EdgeUpdate<T>& p, T* out,
+                               cudaStream_t stream);
 
 // grad_gate [E, C], grad_target (must be zero on entry), grad_source [N, L, C], grad_harmonics [E, L] from
 // g = dL/df'.
 template <typename T>
-cudaError_t launch_dihedral_backward(const vismp::Graph<T>& graph, int64_t n, const vismp::Dihedral<T>& p, const T* g,
-                                     T* grad_gate, T* grad_target, T* grad_source, T* grad_harmonics,
-                                     cudaStream_t stream);
+cudaError_t launch_edge_update_backward(const vismp::Graph<T>& graph, int64_t n, const vismp::EdgeUpdate<T>& p,
+                                        const T* g, T* grad_gate, T* grad_target, T* grad_source, T* grad_harmonics,
+                                        cudaStream_t stream);
 
 // out [E, C] = attention messages m, sums [N, C] (zero on entry) = their sums per receiver. One thread per
 // (receiver, head).
