@@ -195,10 +195,13 @@ def test_op_errors():
         (dict(cutoff=float("inf")), "cutoff must be finite"),
         (dict(coulomb_switch_on=5.0), "coulomb_switch_on must lie in"),
         (dict(dispersion_scale=0.0), "dispersion_scale must be finite and > 0"),
+        (dict(coulomb_kernel="ewald"), "coulomb_kernel must be 'shifted_force' or 'switched_erf', got 'ewald'"),
     ]
     for change, message in cases:
         with pytest.raises(ValueError, match=message):
             long_range_energy(**{**good, **change})
+    with pytest.raises(ValueError, match="coulomb_kernel must be"):
+        long_range_energy_reference(**{**good, "coulomb_kernel": "ewald"})
     r = positions.clone().requires_grad_(True)
     energy = long_range_energy(**{**good, "positions": r})[0].sum()
     with pytest.raises(RuntimeError, match="double backward"):
