@@ -56,6 +56,18 @@ def test_ml_force_and_classical_groups_are_what_the_split_times(alanine_dipeptid
     assert fused_ml.value_in_unit(unit.kilojoule_per_mole) == pytest.approx(expected_ml, rel=1e-9, abs=1e-6)
 
 
+@pytest.mark.skipif(viskrates.openmm.torchforce_unavailable_reason() is not None,
+                    reason=f"no working openmm-torch: {viskrates.openmm.torchforce_unavailable_reason()}")
+def test_torchforce_row_puts_the_torchforce_in_the_ml_group(alanine_dipeptide):
+    """System.getForces() returns a plugin force as a plain openmm.Force; the TorchForce must still land in the ML
+    group, or the 'OpenMM' part of the split (integration groups {0}) evaluates the model too."""
+    model = bench_openmm.make_model(alanine_dipeptide, "fused", torch.float32)
+    system, _ = bench_openmm.add_ml_force(alanine_dipeptide, model, "torch")
+    ml_forces = [f for f in system.getForces() if f.getForceGroup() == bench_openmm.ML_GROUP]
+    assert [f.getName() for f in ml_forces] == ["TorchForce"]
+    assert all(f.getName() != "TorchForce" for f in system.getForces() if f.getForceGroup() == 0)
+
+
 def test_full_ml_box_times_the_pme_handoff_model():
     """For the full-ML box the timed module is the PME hand-off's SO3LR (switched in-cutoff electrostatics), which
     is what its ML force evaluates, not the plain SO3LR (shifted-force electrostatics)."""

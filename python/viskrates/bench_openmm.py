@@ -152,7 +152,9 @@ def default_structure_dir() -> Optional[str]:
 
 
 def _is_ml_force(force: openmm.Force) -> bool:
-    return isinstance(force, openmm.PythonForce) or type(force).__name__ == "TorchForce"
+    # System.getForces() returns a plugin force (openmm-torch's TorchForce) as a plain openmm.Force: its name,
+    # which defaults to the class name, identifies it
+    return isinstance(force, openmm.PythonForce) or force.getName() == "TorchForce"
 
 
 def build_mlmm_system(spec: SystemSpec, structure_dir: str, lr_cutoff: float = LR_CUTOFF) -> BuiltSystem:
