@@ -237,10 +237,9 @@ def vismp_edge_update_reference(row_ptr: Tensor, receivers: Tensor, senders: Ten
     Returns:
         [E, C] f', dtype of ``target``.
     """
-    from .nn.vismp import rejection_inner_product  # nn.vismp builds on this module
+    from .nn.vismp import edge_update  # nn.vismp builds on this module
 
-    dihedral = rejection_inner_product(target.index_select(0, receivers), source.index_select(0, senders), harmonics)
-    return edge_features + gate * dihedral
+    return edge_update(edge_features, gate, target, source, harmonics, receivers, senders, None)
 
 
 def vismp_edge_update(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr: Tensor, col_edges: Tensor,
@@ -281,9 +280,10 @@ def vismp_attention_reference(row_ptr: Tensor, receivers: Tensor, senders: Tenso
     scores = scores.view(num_edges, num_heads, channels // num_heads).sum(-1)
     attention = torch.nn.functional.silu(scores) * weights.unsqueeze(-1)
     messages = (value.index_select(0, senders) * value_filter).view(num_edges, num_heads, channels // num_heads)
+    from .nn.vismp import segment_sum  # nn.vismp builds on this module
+
     messages = (messages * attention.unsqueeze(-1)).view(num_edges, channels)
-    sums = torch.zeros_like(query).index_add_(0, receivers, messages)
-    return messages, sums
+    return messages, segment_sum(messages, receivers, query.shape[0])
 
 
 def vismp_attention(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr: Tensor, col_edges: Tensor,
@@ -299,9 +299,8 @@ def vismp_attention(row_ptr: Tensor, receivers: Tensor, senders: Tensor, col_ptr
     Raises:
         ValueError: inconsistent shapes, dtypes or devices, or num_heads not dividing C.
     """
-    messages, sums = torch.ops.viskrates.vismp_attention(row_ptr, receivers, senders, col_ptr, col_edges, query, key,
-                                                         value, filters, weights, num_heads)
-    return messages, sums
+    return torch.ops.viskrates.vismp_attention(row_ptr, receivers, senders, col_ptr, col_edges, query, key, value,
+                                               filters, weights, num_heads)
 
 
 # ---- fused Euclidean attention (SO3krates; Frank et al., Nat. Commun. 15, 6539 (2024)) ------------------
