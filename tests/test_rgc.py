@@ -209,6 +209,21 @@ def test_bench_ptxas_kernel_names():
                                      "9AttentionIS5_EEPS5_S9_") == "attention_kernel<float>")
 
 
+def test_bench_profile_adds_up_and_names_the_ops():
+    """`viskrates bench --profile`: the categories of a fused SO3LR step add up to the step, the viskrates ops have
+    their own entries, and the matrix products have a multiply-add rate."""
+    result = bench.profile_case("so3lr", "fused", 100, repeats=1)
+    categories = result["categories"]
+    assert abs(sum(categories.values()) - result["step_ms"]) < 1e-6 * result["step_ms"]
+    assert {"matrix products", "SiLU", "neighbour lists", "viskrates::euclidean_attention",
+            "viskrates::long_range_energy", "rest"} <= set(categories)
+    assert not any(name.endswith("_backward") for name in categories)
+    assert all(ms > 0 for ms in categories.values())
+    assert result["gmac_per_s"] > 0 and result["silu_ns_per_element"] > 0
+    lines = bench.format_profile(result)
+    assert lines[0].startswith("so3lr fused, ") and len(lines) == len(categories) + 1
+
+
 def test_bench_smoke(tmp_path):
     """`viskrates bench` on a tiny box: a header and one row per backend with the expected columns and
     numbers; SO3LR fused is timed or, until SO3LR has that backend, reported as not available."""

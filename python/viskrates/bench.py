@@ -27,6 +27,10 @@ Finally the CUDA resource usage ptxas reports (registers, shared memory, stack, 
 of ``cuda/*.cu`` is printed, compiled with ``nvcc -Xptxas -v`` for one architecture (skipped, with a
 message, when nvcc or the sources are absent).
 
+With ``--profile`` it times nothing but profiles one step of each case in this process instead
+(:func:`profile_case`): the time per op category (matrix products with their multiply-add rate, SiLU with its
+time per element, neighbour lists, each viskrates op, copies, the rest).
+
 ``python examples/bench.py`` runs the same thing as a script.
 """
 import argparse
@@ -192,6 +196,88 @@ def run_case(model: str, backend: str, system_path: str, threads: int, repeats: 
     result.update(available=True, cutoff=float(cutoff), seconds=times[best], median_seconds=statistics.median(times),
                   cpu_seconds=cpu_times[best], sys_seconds=sys_times[best], peak_mib=peak, step_mib=peak - rss_before)
     return result
+
+
+# Op categories of ``--profile``: torch profiler event names -> column. viskrates ops get a column each (forward and
+# backward together), everything else is "rest".
+PROFILE_CATEGORIES = (("matrix products", ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm")),
+                      ("SiLU", ("aten::silu", "aten::silu_backward")),
+                      ("neighbour lists", ("viskrates::neighbor_list",)),
+                      ("copies", ("aten::copy_",)))
+
+
+def profile_case(model: str, backend: str, target_atoms: int, threads: int = 1, repeats: int = 3,
+                 dtype: str = "float32") -> Dict:
+    """Where one energy + forces step of a case spends its time: the self CPU time of every op, from
+    ``torch.profiler`` (mean of ``repeats`` profiled steps after two warm-up steps), summed per category of
+    :data:`PROFILE_CATEGORIES`, per viskrates op (forward and backward together) and the rest. Also the matrix
+    products' multiply-add rate (the profiler's FLOP count / 2 over their time) and SiLU's time per element.
+
+    Args:
+        model, backend: as for :func:`run_case`; target_atoms: the water box (:func:`water_box`).
+        threads: torch intra-op threads; repeats: profiled steps; dtype: "float32" or "float64".
+
+    Returns:
+        ``{"model", "backend", "atoms", "step_ms", "categories": {name: ms}, "gmac_per_s", "silu_ns_per_element"}``
+        (ms per step; the categories add up to ``step_ms``, the profiler's self CPU total).
+
+    Raises:
+        ValueError: unknown model, or a backend the model does not offer.
+    """
+    import torch
+    from torch.profiler import profile
+
+    import viskrates  # noqa: F401  (loads the op library)
+
+    torch.set_num_threads(threads)
+    numbers, positions, box = water_box(target_atoms)
+    module, _ = build_model(model, backend, float(box[0, 0]))
+    module = module.to(getattr(torch, dtype))
+    numbers = torch.from_numpy(numbers)
+    positions = torch.from_numpy(positions).to(getattr(torch, dtype))
+    box = torch.from_numpy(box).to(getattr(torch, dtype))
+    total_charge = torch.zeros(1, dtype=positions.dtype)
+
+    def step():
+        pos = positions.clone().requires_grad_(True)
+        energy = module(numbers, pos, box, None, total_charge)["energy"]
+        torch.autograd.grad(energy.sum(), pos)
+
+    for _ in range(2):
+        step()
+    category_of = {name: category for category, names in PROFILE_CATEGORIES for name in names}
+    milliseconds: Dict[str, float] = {}
+    flops = matmul_ms = silu_elements = silu_ms = 0.0
+    for _ in range(repeats):
+        with profile(record_shapes=True, with_flops=True) as profiler:
+            step()
+        for event in profiler.events():
+            ms = event.self_cpu_time_total / 1000.0 / repeats
+            name = event.name
+            category = category_of.get(name.replace("_backward", "") if name.startswith("viskrates::") else name)
+            if category is None:
+                category = name.replace("_backward", "") if name.startswith("viskrates::") else "rest"
+            milliseconds[category] = milliseconds.get(category, 0.0) + ms
+            if category == "matrix products":
+                flops += (event.flops or 0) / repeats
+                matmul_ms += ms
+            elif category == "SiLU" and event.input_shapes and event.input_shapes[0]:
+                silu_elements += float(np.prod(event.input_shapes[0])) / repeats
+                silu_ms += ms
+    return {"model": model, "backend": backend, "atoms": int(numbers.shape[0]), "step_ms": sum(milliseconds.values()),
+            "categories": milliseconds,
+            "gmac_per_s": flops / 2.0 / (matmul_ms * 1e-3) / 1e9 if matmul_ms > 0 else float("nan"),
+            "silu_ns_per_element": silu_ms * 1e6 / silu_elements if silu_elements > 0 else float("nan")}
+
+
+def format_profile(result: Dict) -> List[str]:
+    """Lines describing one :func:`profile_case` result: the step, then its categories, largest first."""
+    lines = [f"{result['model']} {result['backend']}, {result['atoms']} atoms: {result['step_ms']:.1f} ms/step "
+             f"(profiled self CPU time); matrix products {result['gmac_per_s']:.1f} GMAC/s, "
+             f"SiLU {result['silu_ns_per_element']:.2f} ns/element"]
+    for name, ms in sorted(result["categories"].items(), key=lambda item: -item[1]):
+        lines.append(f"  {name:40s} {ms:9.1f} ms")
+    return lines
 
 
 def _run_case_subprocess(model: str, backend: str, system_path: str, threads: int, repeats: int,
@@ -373,6 +459,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-ptxas", action="store_true", help="skip the ptxas resource report")
     parser.add_argument("--memory-limit", type=float, default=None, metavar="GiB",
                         help="skip cases whose estimated peak memory exceeds this (default: the available memory)")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of timing, profile one step of each model, size and backend in this process: "
+                             "time per op category (matrix products, SiLU, neighbour lists, each viskrates op, "
+                             "copies, rest)")
     parser.add_argument("--openmm", action="store_true",
                         help="time MD steps inside OpenMM (TorchForce vs PythonForce) instead of the model alone")
     from . import bench_openmm
@@ -386,6 +476,13 @@ def run_from_arguments(args: argparse.Namespace) -> int:
     bench_openmm.check_arguments(args)
     if args.openmm:
         return bench_openmm.run_from_arguments(args)
+    if args.profile:
+        for model in args.models:
+            for size in args.sizes:
+                for backend in args.backends:
+                    print("\n".join(format_profile(profile_case(model, backend, size, args.threads, args.repeats,
+                                                                 args.dtype))), flush=True)
+        return 0
     run_benchmark(args.models, args.sizes, args.backends, args.threads, args.repeats, args.dtype, not args.no_ptxas,
                   memory_limit_gib=args.memory_limit)
     return 0
